@@ -1,0 +1,271 @@
+"""The Linearity no-reference image-quality metric (LinearityIQA), without torchvision.
+
+Li, Jiang and Jiang, "Norm-in-Norm Loss with Faster Convergence and Better Performance
+for Image Quality Assessment", ACM MM 2020. The trunk is torchvision's ResNeXt-101 32x8d
+rebuilt here module for module, so a real ``p1q2.pth`` loads with ``strict=True``.
+
+``MetricModel(device, model_path)`` is the competition's interface: float NCHW images in
+[0, 1] in, a ``(B, 1)`` score out, higher is better, differentiable, any HxW.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent
+CHECKPOINT_NAME = "p1q2.pth"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """Shape of a ResNeXt trunk: blocks per stage, stem width, groups and width per group."""
+
+    blocks: tuple[int, int, int, int]
+    groups: int = 32
+    width_per_group: int = 8
+    stem_width: int = 64
+    expansion: int = 4
+
+    def stage_channels(self) -> list[int]:
+        """Output channels of the four stages (features[4..7])."""
+        return [self.stem_width * 2**i * self.expansion for i in range(4)]
+
+
+RESNEXT101_32X8D = TrunkSpec(blocks=(3, 4, 23, 3))
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNeXt bottleneck (stride on the 3x3 conv), same parameter names."""
+
+    def __init__(
+        self, in_ch: int, planes: int, stride: int, groups: int, base_width: int, expansion: int
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        out_ch = planes * expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def build_trunk(spec: TrunkSpec) -> nn.Sequential:
+    """``Sequential(conv1, bn1, relu, maxpool, layer1..layer4)`` for a ResNeXt ``spec``."""
+    stem = spec.stem_width
+    modules: list[nn.Module] = [
+        nn.Conv2d(3, stem, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(stem),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    in_ch = stem
+    for stage, n_blocks in enumerate(spec.blocks):
+        planes = stem * 2**stage
+        blocks = []
+        for i in range(n_blocks):
+            stride = 2 if (stage > 0 and i == 0) else 1
+            blocks.append(
+                Bottleneck(in_ch, planes, stride, spec.groups, spec.width_per_group, spec.expansion)
+            )
+            in_ch = planes * spec.expansion
+        modules.append(nn.Sequential(*blocks))
+    trunk = nn.Sequential(*modules)
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return trunk
+
+
+def _reduction_head(in_features: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, 1024),
+        nn.BatchNorm1d(1024),
+        nn.Linear(1024, 256),
+        nn.BatchNorm1d(256),
+        nn.Linear(256, 64),
+        nn.BatchNorm1d(64),
+        nn.ReLU(),
+    )
+
+
+class IQAModel(nn.Module):
+    """Linearity: a ResNeXt trunk, average-pooled features of stages 3 and 4, three regressors.
+
+    Input: ImageNet-normalised float ``(B, 3, H, W)``. Output: ``[regr6, regr7, regression]``,
+    each ``(B, 1)``; the competition score uses the last one.
+    """
+
+    def __init__(self, spec: TrunkSpec = RESNEXT101_32X8D) -> None:
+        super().__init__()
+        self.spec = spec
+        self.features = build_trunk(spec)
+        c6, c7 = spec.stage_channels()[2:]
+        self.dr6 = _reduction_head(c6)
+        self.dr7 = _reduction_head(c7)
+        self.regr6 = nn.Linear(64, 1)
+        self.regr7 = nn.Linear(64, 1)
+        self.regression = nn.Linear(64 * 2, 1)
+
+    def pooled_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average-pooled ``features[6]`` and ``features[7]`` outputs: ``(B, C6)``, ``(B, C7)``."""
+        for i, module in enumerate(self.features):
+            x = module(x)
+            if i == 6:
+                f6 = x.mean(dim=(2, 3))
+        return f6, x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f6, f7 = self.pooled_features(x)
+        h6, h7 = self.dr6(f6), self.dr7(f7)
+        return [self.regr6(h6), self.regr7(h7), self.regression(torch.cat((h6, h7), dim=1))]
+
+
+class CheckpointError(ValueError):
+    """A metric checkpoint is missing, unreadable or does not match the model."""
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Raise ``ValueError`` unless ``images`` is a float ``(B, 3, H, W)`` tensor in [0, 1]."""
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+    if images.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def _read_checkpoint(path: Path, device: torch.device | str) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"metric checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects that weights_only=True refuses to load "
+            f"({err}). If you trust the file, convert it once with "
+            f"`python scripts/convert_checkpoint.py {path} OUT.pth`, which re-saves it as "
+            "plain tensors and floats, and load OUT.pth."
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"cannot read metric checkpoint {path}: {err}") from err
+    if not isinstance(ckpt, dict) or not {"model", "k", "b"} <= set(ckpt):
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} must hold a dict with 'model', 'k' and 'b'; found {keys}")
+    return ckpt
+
+
+def _as_float_list(value: object, what: str, path: Path) -> list[float]:
+    try:
+        values = [float(v) for v in value]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: '{what}' must be a list of numbers, got {value!r}") from err
+    if not values:
+        raise CheckpointError(f"{path}: '{what}' is empty")
+    return values
+
+
+def load_iqa_model(
+    path: Path, device: torch.device | str, spec: TrunkSpec = RESNEXT101_32X8D
+) -> tuple[IQAModel, list[float], list[float]]:
+    """Load a ``{'model', 'k', 'b'}`` checkpoint into an ``IQAModel`` with ``strict=True``."""
+    ckpt = _read_checkpoint(path, device)
+    model = IQAModel(spec)
+    state = ckpt["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'model' must be a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match IQAModel: {len(missing)} missing keys {missing[:8]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:8]}"
+        )
+    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors have the wrong shape, e.g. {k}: "
+            f"{tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+    k = _as_float_list(ckpt["k"], "k", path)
+    b = _as_float_list(ckpt["b"], "b", path)
+    return model, k, b
+
+
+def default_checkpoint(checkpoint_dir: str | Path | None = None) -> Path:
+    """``p1q2.pth`` in ``checkpoint_dir`` (default: beside this file)."""
+    return Path(checkpoint_dir or ROOT) / CHECKPOINT_NAME
+
+
+class MetricModel(nn.Module):
+    """The competition's Linearity wrapper: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1)`` score.
+
+    ``model_path=None`` uses ``p1q2.pth`` beside this file if it exists, else the stand-in
+    metric shipped under ``weights/`` (with one logged warning). Higher is better.
+    """
+
+    lower_better = False
+
+    def __init__(self, device: torch.device | str = "cpu", model_path: str | Path | None = None):
+        super().__init__()
+        self.device = torch.device(device)
+        path = Path(model_path) if model_path is not None else default_checkpoint()
+        if model_path is None and not path.is_file():
+            from standin_metric import load_standin
+
+            logger.warning(
+                "%s not found: using the stand-in metric from weights/ (Linearity's design, "
+                "small trunk, trained on CLIVE). Put the real p1q2.pth beside model.py to use it.",
+                path,
+            )
+            self.model, self.k, self.b = load_standin(self.device)
+            self.name = "standin"
+        else:
+            self.model, self.k, self.b = load_iqa_model(path, self.device)
+            self.name = path.name
+        self.model.to(self.device).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.to(self.device)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Score float ``(B, 3, H, W)`` images in [0, 1]; returns ``(B, 1)``, higher = better."""
+        check_images(image, "image")
+        x = (image.to(self.mean.dtype) - self.mean) / self.std
+        return self.model(x)[-1] * self.k[0] + self.b[0]
