@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,13 +172,15 @@ def _read_checkpoint(path: Path, device: torch.device | str) -> dict:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise CheckpointError(f"cannot read metric checkpoint {path}: corrupt file") from err
         raise CheckpointError(
-            f"{path} holds pickled Python objects that weights_only=True refuses to load "
-            f"({err}). If you trust the file, convert it once with "
-            f"`python scripts/convert_checkpoint.py {path} OUT.pth`, which re-saves it as "
-            "plain tensors and floats, and load OUT.pth."
+            f"{path} holds pickled Python objects that weights_only=True refuses to load. "
+            f"If you trust the file, convert it once with "
+            f"`python scripts/convert_checkpoint.py {path} OUT.pth --trust`, which re-saves it "
+            "as plain tensors and floats, and load OUT.pth."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # torch raises many types for a damaged zip/pickle stream
         raise CheckpointError(f"cannot read metric checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict) or not {"model", "k", "b"} <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
