@@ -1,0 +1,162 @@
+"""Classical input-transformation defenses: identity, resize, JPEG, Gaussian blur, median.
+
+Each takes float ``(B, 3, H, W)`` images in [0, 1] and returns the same shape, dtype and
+device in [0, 1]. Resize, blur and median are differentiable (no ``no_grad`` inside), so
+adaptive attacks can back-propagate through them; JPEG goes through PIL and is not.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
+
+from image_io import to_uint8
+from model import check_images
+
+
+class ClassicalDefense:
+    """Base class: validate the input, run ``purify``, keep dtype and device, clip to [0, 1]."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+        """Purify float ``(B, 3, H, W)`` images in [0, 1]; same shape, dtype, device, in [0, 1]."""
+        check_images(images)
+        return self.purify(images).clamp(0.0, 1.0).to(images.dtype)
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        """The transform itself, on already validated images."""
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict[str, object]:
+        """Hyper-parameters shown by ``repr``."""
+        return {}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({params})"
+
+
+class IdentityDefense(ClassicalDefense):
+    """No defense: returns an exact copy of the input."""
+
+    def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)
+        return images.clone()
+
+
+class ResizeDefense(ClassicalDefense):
+    """Down-scale by ``scale`` then back up to the input size (bilinear, antialiased).
+
+    The competition's baseline defense. The small side is ``max(1, floor(H * scale))``.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", scale: float = 0.5) -> None:
+        super().__init__(device)
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        self.scale = scale
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"scale": self.scale}
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        small = (max(1, math.floor(height * self.scale)), max(1, math.floor(width * self.scale)))
+        down = F.interpolate(
+            images, size=small, mode="bilinear", align_corners=False, antialias=True
+        )
+        return F.interpolate(
+            down, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )
+
+
+class JpegDefense(ClassicalDefense):
+    """JPEG round-trip through PIL at ``quality`` (4:2:0 chroma subsampling), image by image.
+
+    Pixels are rounded to 8 bits first. Not differentiable: the output carries no gradient.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", quality: int = 50) -> None:
+        super().__init__(device)
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
+        self.quality = quality
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"quality": self.quality}
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        decoded = [self._round_trip(image) for image in images]
+        return torch.stack(decoded).to(device=images.device, dtype=images.dtype)
+
+    def _round_trip(self, image: torch.Tensor) -> torch.Tensor:
+        buffer = io.BytesIO()
+        Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=self.quality)
+        buffer.seek(0)
+        with Image.open(buffer) as jpeg:
+            array = np.asarray(jpeg.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
+
+
+def _check_min_size(images: torch.Tensor, name: str) -> None:
+    if min(images.shape[-2:]) < 2:
+        raise ValueError(
+            f"{name} uses reflect padding and needs images at least 2x2, "
+            f"got {tuple(images.shape[-2:])}"
+        )
+
+
+def gaussian_kernel_1d(sigma: float, size: int = 3) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps ``exp(-x^2 / (2 sigma^2))`` for ``x`` centred on 0, float64."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    taps = torch.exp(-(x**2) / (2 * sigma**2))
+    return taps / taps.sum()
+
+
+class GaussianBlurDefense(ClassicalDefense):
+    """3x3 Gaussian blur (separable, per channel) with reflect padding."""
+
+    def __init__(self, device: str | torch.device = "cpu", sigma: float = 0.8) -> None:
+        super().__init__(device)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.sigma = sigma
+        self.taps = gaussian_kernel_1d(sigma, 3)
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"sigma": self.sigma, "size": 3}
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        _check_min_size(images, "blur")
+        taps = self.taps.to(device=images.device, dtype=images.dtype)
+        channels = images.shape[1]
+        rows = rearrange(taps, "k -> 1 1 1 k").expand(channels, 1, 1, 3)
+        cols = rearrange(taps, "k -> 1 1 k 1").expand(channels, 1, 3, 1)
+        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+        blurred = F.conv2d(padded, rows, groups=channels)
+        return F.conv2d(blurred, cols, groups=channels)
+
+
+class MedianDefense(ClassicalDefense):
+    """3x3 median filter per channel with reflect padding (gradient flows to the median pixel)."""
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"size": 3}
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        _check_min_size(images, "median")
+        height, width = images.shape[-2:]
+        padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+        patches = F.unfold(padded, kernel_size=3)
+        patches = rearrange(
+            patches, "b (c k) (h w) -> b c h w k", c=images.shape[1], k=9, h=height, w=width
+        )
+        return patches.median(dim=-1).values

@@ -1,0 +1,63 @@
+"""Defenses by name: ``make_defense(name, device)`` for ``test.py --defense`` and experiments.
+
+A factory takes a device and returns an object with ``apply_defense(images)`` (float
+``(B, 3, H, W)`` in [0, 1] -> same shape, dtype and device in [0, 1]). Add new defenses with
+``register_defense``; heavy ones import their code inside the factory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from defenses.classical import (
+    GaussianBlurDefense,
+    IdentityDefense,
+    JpegDefense,
+    MedianDefense,
+    ResizeDefense,
+)
+
+
+class PurifyingDefense(Protocol):
+    """Anything with the competition's ``apply_defense`` method."""
+
+    def apply_defense(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+DefenseFactory = Callable[[torch.device], PurifyingDefense]
+
+
+def _project_defense(device: torch.device) -> PurifyingDefense:
+    from defense import Defense
+
+    return Defense(device)
+
+
+DEFENSES: dict[str, DefenseFactory] = {
+    "none": IdentityDefense,
+    "resize": ResizeDefense,
+    "jpeg": JpegDefense,
+    "blur": GaussianBlurDefense,
+    "median": MedianDefense,
+    "ddpm": _project_defense,
+}
+
+# The defense the competition imports (defense.Defense).
+DEFAULT_DEFENSE = "ddpm"
+
+
+def register_defense(name: str, factory: DefenseFactory) -> None:
+    """Add ``factory`` under ``name``; ``ValueError`` if the name is taken."""
+    if name in DEFENSES:
+        raise ValueError(f"a defense named {name!r} is already registered")
+    DEFENSES[name] = factory
+
+
+def make_defense(name: str, device: str | torch.device = "cpu") -> PurifyingDefense:
+    """Build the defense registered as ``name`` on ``device``."""
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
+    return DEFENSES[name](torch.device(device))

@@ -1,0 +1,236 @@
+"""Classical defenses and the defense registry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from defense import Defense
+from defenses import DEFAULT_DEFENSE, DEFENSES, make_defense, register_defense
+from defenses.classical import (
+    GaussianBlurDefense,
+    IdentityDefense,
+    JpegDefense,
+    MedianDefense,
+    ResizeDefense,
+    gaussian_kernel_1d,
+)
+
+CLASSICAL = ["none", "resize", "jpeg", "blur", "median"]
+DIFFERENTIABLE = ["none", "resize", "blur", "median"]
+
+
+def random_images(shape: tuple[int, ...] = (2, 3, 17, 23), seed: int = 0) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_lists_classical_and_project_defense() -> None:
+    assert set(CLASSICAL) | {"ddpm"} <= set(DEFENSES)
+    assert DEFAULT_DEFENSE == "ddpm"
+    assert isinstance(make_defense("ddpm", "cpu"), Defense)
+
+
+def test_unknown_defense_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown defense 'nope'.*blur"):
+        make_defense("nope")
+
+
+def test_register_defense_adds_and_refuses_duplicates() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_defense("blur", GaussianBlurDefense)
+    try:
+        register_defense("blur_wide", lambda device: GaussianBlurDefense(device, sigma=2.0))
+        assert make_defense("blur_wide").sigma == 2.0
+    finally:
+        DEFENSES.pop("blur_wide", None)
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_device_range_kept(name: str, dtype: torch.dtype) -> None:
+    images = random_images().to(dtype)
+    out = make_defense(name, "cpu").apply_defense(images)
+    assert out.shape == images.shape
+    assert out.dtype == dtype
+    assert out.device == images.device
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_deterministic_and_input_untouched(name: str) -> None:
+    images = random_images()
+    before = images.clone()
+    defense = make_defense(name)
+    first, second = defense.apply_defense(images), defense.apply_defense(images)
+    assert torch.equal(first, second)
+    assert torch.equal(images, before)
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.zeros((1, 3, 8, 8), dtype=np.float32), "torch.Tensor"),
+        (torch.zeros(3, 8, 8), r"\(B, 3, H, W\)"),
+        (torch.zeros(1, 1, 8, 8), r"\(B, 3, H, W\)"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "float"),
+        (torch.full((1, 3, 8, 8), 1.5), r"\[0, 1\]"),
+        (torch.full((1, 3, 8, 8), -0.5), r"\[0, 1\]"),
+        (torch.full((1, 3, 8, 8), math.nan), "NaN"),
+    ],
+)
+def test_bad_input_is_a_value_error(name: str, bad: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_defense(name).apply_defense(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_gradients_flow(name: str) -> None:
+    images = random_images((1, 3, 8, 8)).requires_grad_(True)
+    make_defense(name).apply_defense(images).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda: ResizeDefense(scale=0.0), "scale"),
+        (lambda: ResizeDefense(scale=1.5), "scale"),
+        (lambda: JpegDefense(quality=0), "quality"),
+        (lambda: JpegDefense(quality=101), "quality"),
+        (lambda: GaussianBlurDefense(sigma=0.0), "sigma"),
+    ],
+)
+def test_bad_hyperparameters(make, bad: str) -> None:
+    with pytest.raises(ValueError, match=bad):
+        make()
+
+
+@pytest.mark.parametrize("name", ["blur", "median"])
+def test_reflect_padding_needs_two_pixels(name: str) -> None:
+    with pytest.raises(ValueError, match="at least 2x2"):
+        make_defense(name).apply_defense(torch.zeros(1, 3, 1, 8))
+
+
+def test_repr_shows_hyperparameters() -> None:
+    assert repr(ResizeDefense()) == "ResizeDefense(scale=0.5)"
+    assert repr(JpegDefense()) == "JpegDefense(quality=50)"
+    assert repr(GaussianBlurDefense()) == "GaussianBlurDefense(sigma=0.8, size=3)"
+    assert repr(MedianDefense()) == "MedianDefense(size=3)"
+
+
+def test_identity_is_exact_copy() -> None:
+    images = random_images()
+    out = IdentityDefense().apply_defense(images)
+    assert torch.equal(out, images)
+    assert out.data_ptr() != images.data_ptr()
+
+
+# --- resize -------------------------------------------------------------------------------
+
+
+def test_resize_of_constant_is_constant() -> None:
+    images = torch.full((1, 3, 15, 20), 0.3)
+    out = ResizeDefense().apply_defense(images)
+    torch.testing.assert_close(out, images, atol=1e-6, rtol=0)
+
+
+def test_resize_removes_pixel_checkerboard() -> None:
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((yy + xx) % 2).float().expand(1, 3, 16, 16)
+    out = ResizeDefense().apply_defense(checker)
+    assert (out - 0.5).abs().max() < 0.02
+
+
+def test_resize_keeps_size_of_one_pixel_images() -> None:
+    images = random_images((1, 3, 1, 5))
+    assert ResizeDefense().apply_defense(images).shape == images.shape
+
+
+# --- JPEG ---------------------------------------------------------------------------------
+
+
+def test_jpeg_keeps_mid_grey_exactly() -> None:
+    images = torch.full((2, 3, 16, 16), 128 / 255)
+    torch.testing.assert_close(JpegDefense().apply_defense(images), images, atol=0, rtol=0)
+
+
+def test_jpeg_outputs_8_bit_levels_and_changes_noise() -> None:
+    images = random_images((1, 3, 16, 16))
+    out = JpegDefense().apply_defense(images)
+    levels = out * 255
+    torch.testing.assert_close(levels, levels.round(), atol=1e-4, rtol=0)
+    assert (out - images).abs().mean() > 0.05
+    assert out.grad_fn is None
+
+
+# --- blur ---------------------------------------------------------------------------------
+
+
+def test_gaussian_taps_pinned() -> None:
+    # exp(-1 / (2 * 0.8^2)) = 0.4578333617716143; taps = [g, 1, g] / (1 + 2 g)
+    taps = gaussian_kernel_1d(0.8, 3)
+    torch.testing.assert_close(
+        taps,
+        torch.tensor([0.2389942656, 0.5220114688, 0.2389942656], dtype=torch.float64),
+        atol=1e-9,
+        rtol=0,
+    )
+
+
+def test_blur_impulse_response_is_the_kernel() -> None:
+    images = torch.zeros(1, 3, 5, 5)
+    images[..., 2, 2] = 1.0
+    out = GaussianBlurDefense().apply_defense(images)
+    taps = gaussian_kernel_1d(0.8, 3).float()
+    expected = torch.zeros(5, 5)
+    expected[1:4, 1:4] = torch.outer(taps, taps)
+    torch.testing.assert_close(out[0, 1], expected, atol=1e-7, rtol=0)
+
+
+def test_blur_of_constant_is_constant() -> None:
+    images = torch.full((1, 3, 9, 7), 0.7)
+    torch.testing.assert_close(
+        GaussianBlurDefense().apply_defense(images), images, atol=1e-6, rtol=0
+    )
+
+
+def test_blur_matches_scipy_with_mirror_padding() -> None:
+    images = random_images((1, 3, 12, 10), seed=3)
+    out = GaussianBlurDefense().apply_defense(images)
+    taps = gaussian_kernel_1d(0.8, 3).numpy()
+    kernel = np.outer(taps, taps)
+    for c in range(3):
+        expected = ndimage.correlate(images[0, c].double().numpy(), kernel, mode="mirror")
+        np.testing.assert_allclose(out[0, c].numpy(), expected, atol=1e-6)
+
+
+# --- median -------------------------------------------------------------------------------
+
+
+def test_median_of_known_patch() -> None:
+    patch = torch.tensor([[0.1, 0.9, 0.3], [0.7, 0.0, 0.2], [0.8, 0.4, 0.6]])
+    out = MedianDefense().apply_defense(patch.expand(1, 3, 3, 3))[0, 0]
+    # Centre: median of all nine values.
+    assert out[1, 1].item() == pytest.approx(0.4, abs=1e-7)
+    # Corners with reflect padding see the centre 4x, each adjacent edge 2x, the corner once:
+    # (0, 0): 0,0,0,0,0.1,0.7,0.7,0.9,0.9 -> 0.1;  (2, 2): 0,0,0,0,0.2,0.2,0.4,0.4,0.6 -> 0.2.
+    assert out[0, 0].item() == pytest.approx(0.1, abs=1e-7)
+    assert out[2, 2].item() == pytest.approx(0.2, abs=1e-7)
+
+
+def test_median_removes_impulse() -> None:
+    images = torch.zeros(1, 3, 5, 5)
+    images[..., 2, 2] = 1.0
+    assert torch.equal(MedianDefense().apply_defense(images), torch.zeros(1, 3, 5, 5))
+
+
+def test_median_matches_scipy_with_mirror_padding() -> None:
+    images = random_images((2, 3, 9, 11), seed=4)
+    out = MedianDefense().apply_defense(images)
+    expected = ndimage.median_filter(images.numpy(), size=(1, 1, 3, 3), mode="mirror")
+    np.testing.assert_array_equal(out.numpy(), expected)
