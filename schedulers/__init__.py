@@ -1,0 +1,20 @@
+"""Which timesteps a purification chain runs, and configured diffusers schedulers for them."""
+
+from schedulers.factory import SAMPLERS, make_scheduler
+from schedulers.timestep_spacing import (
+    SPACINGS,
+    ddim_grid_stride,
+    ddim_kept_timesteps,
+    kept_timesteps,
+    nearest_ddim_t_star,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "ddim_grid_stride",
+    "ddim_kept_timesteps",
+    "kept_timesteps",
+    "make_scheduler",
+    "nearest_ddim_t_star",
+]

@@ -1,0 +1,457 @@
+#!/usr/bin/env python
+"""Train (or fine-tune) the purification DDPM on a folder of clean images.
+
+    python scripts/train_ddpm.py --output weights/ddpm-v1 --max-minutes 80 --threads 1
+    python scripts/train_ddpm.py --init weights/ddpm-v1 --train-dir my_photos/reference \\
+        --output weights/ddpm-mine --max-minutes 20
+
+Random crops with flips/rotations from every image under ``--train-dir`` (recursive; default
+``<data>/clean/train``) except a few held-out images (a deterministic list, logged and stored
+in the manifest) used for validation PSNR (one-shot x0 prediction at sigma 10/255 and 25/255).
+Checkpoints (``accelerator.save_state``) and an EMA snapshot folder usable by
+``diffusion.load_denoiser`` are written under ``--run-dir`` every ``--checkpoint-every`` steps;
+``--resume latest`` continues from the newest checkpoint. When ``--max-steps`` or the
+``--max-minutes`` wall-clock budget is reached the EMA weights are written to ``--output``
+(config.json + safetensors + scheduler_config.json + manifest.json). SIGINT/SIGTERM stop the
+run after a checkpoint and snapshot, without writing ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import diffusers
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusion import (  # noqa: E402
+    PixelUnshuffleUNet,
+    TimestepSampler,
+    denoise_one_shot,
+    epsilon_mse_loss,
+    training_scheduler,
+)
+from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
+from image_io import ImageReadError, list_images, load_image  # noqa: E402
+from paths import ROOT, default_data_dir  # noqa: E402
+from weights_manifest import MANIFEST, verify_manifest, write_manifest  # noqa: E402
+
+logger = logging.getLogger("train_ddpm")
+
+VALIDATION_SIGMAS = (10 / 255, 25 / 255)
+SNAPSHOT_DIR = "ema_latest"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingProgress:
+    """Step count, training seconds and the data RNG state, checkpointed with the model."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.step = 0
+        self.seconds = 0.0
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "seconds": self.seconds, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+        self.generator.set_state(state["rng"])
+
+
+class RandomCrops:
+    """Batches of random square crops with a random flip/rotation, in [-1, 1]."""
+
+    def __init__(self, images: list[torch.Tensor], crop: int, generator: torch.Generator) -> None:
+        self.images = [img for img in images if min(img.shape[-2:]) >= crop]
+        if not self.images:
+            raise ValueError(f"no training image is at least {crop}x{crop} pixels")
+        if len(self.images) < len(images):
+            logger.warning(
+                "%d images smaller than %d px skipped", len(images) - len(self.images), crop
+            )
+        self.crop = crop
+        self.generator = generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """``(batch_size, 3, crop, crop)`` float32 in [-1, 1]."""
+        crops = []
+        for _ in range(batch_size):
+            image = self.images[self._randint(len(self.images))]
+            height, width = image.shape[-2:]
+            top, left = self._randint(height - self.crop + 1), self._randint(width - self.crop + 1)
+            patch = image[:, top : top + self.crop, left : left + self.crop]
+            patch = torch.rot90(patch, self._randint(4), dims=(1, 2))
+            if self._randint(2):
+                patch = patch.flip(-1)
+            crops.append(patch)
+        return torch.stack(crops).float() / 127.5 - 1.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", type=Path, required=True, help="final weights folder")
+    parser.add_argument("--data", type=Path, default=None, help="data root (default: $PURIFY_DATA)")
+    parser.add_argument("--train-dir", type=Path, default=None, help="clean images (recursive)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="default runs/<output name>")
+    parser.add_argument("--init", type=Path, default=None, help="weights folder to fine-tune")
+    parser.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=64, help="training crop size (px)")
+    parser.add_argument("--lr", type=float, default=4e-4, help="peak Adam learning rate")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine floor / peak")
+    parser.add_argument("--warmup-steps", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--holdout", type=int, default=8, help="held-out validation images")
+    parser.add_argument("--val-crop", type=int, default=256)
+    parser.add_argument("--val-every", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unshuffle", type=int, default=4)
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 192])
+    parser.add_argument("--layers-per-block", type=int, default=1)
+    parser.add_argument("--norm-groups", type=int, default=8)
+    parser.add_argument("--version", default="1", help="version recorded in the manifest")
+    args = parser.parse_args(argv)
+    if args.max_steps is None and args.max_minutes is None:
+        parser.error("give --max-steps and/or --max-minutes")
+    for name in ("batch_size", "crop", "val_every", "checkpoint_every", "log_every", "holdout"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def check_output_free(output: Path) -> None:
+    """Refuse to overwrite a released weights folder (or any non-empty folder)."""
+    if (output / MANIFEST).exists():
+        raise SystemExit(f"{output} already holds released weights ({MANIFEST}); choose a new name")
+    if output.exists() and any(output.iterdir()):
+        raise SystemExit(f"{output} exists and is not empty; choose a new --output")
+
+
+def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:
+    """Evenly spaced images of the sorted list are held out: ``(train, holdout)``."""
+    if len(paths) <= count:
+        raise SystemExit(f"need more than {count} training images, found {len(paths)}")
+    picked = {round((i + 0.5) * len(paths) / count) for i in range(count)}
+    holdout = [p for i, p in enumerate(paths) if i in picked]
+    return [p for i, p in enumerate(paths) if i not in picked], holdout
+
+
+def load_uint8(paths: list[Path]) -> list[torch.Tensor]:
+    images = []
+    for path in tqdm(paths, desc="loading images", mininterval=5):
+        try:
+            images.append((load_image(path) * 255.0).round().to(torch.uint8))
+        except ImageReadError as err:
+            logger.warning("skipped %s", err)
+    return images
+
+
+def centre_crops(paths: list[Path], size: int) -> torch.Tensor:
+    """``(N, 3, s, s)`` centre crops in [0, 1], ``s`` = min(size, smallest side)."""
+    images = [load_image(p) for p in paths]
+    size = min([size] + [min(img.shape[-2:]) for img in images])
+    crops = []
+    for img in images:
+        top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
+        crops.append(img[:, top : top + size, left : left + size])
+    return torch.stack(crops)
+
+
+def ema_copy(ema: EMAModel, config: dict[str, Any]) -> PixelUnshuffleUNet:
+    """A fresh fp32 model holding the EMA weights, in eval mode."""
+    model = PixelUnshuffleUNet.from_config(config)
+    ema.copy_to(model.parameters())
+    return model.eval()
+
+
+def validate(model: PixelUnshuffleUNet, images: torch.Tensor, seed: int) -> dict[str, float]:
+    """One-shot x0 PSNR (dB) on the held-out crops at each validation sigma."""
+    scheduler_config = training_scheduler().config
+    results = {}
+    with torch.no_grad():
+        for i, sigma in enumerate(VALIDATION_SIGMAS):
+            noisy = add_gaussian_noise(images, sigma, torch.Generator().manual_seed(seed + i))
+            denoised = denoise_one_shot(noisy, model, scheduler_config, sigma)
+            results[f"psnr_sigma{round(sigma * 255)}"] = round(mean_psnr(denoised, images), 3)
+    return results
+
+
+def save_weights(
+    model: PixelUnshuffleUNet, folder: Path, name: str, version: str, info: dict
+) -> None:
+    """Write model + scheduler config + manifest into a temp folder, then rename to ``folder``."""
+    tmp = folder.parent / f".{folder.name}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    training_scheduler().save_pretrained(tmp)
+    write_manifest(tmp, name, version, **info)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def checkpoints_oldest_first(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / CHECKPOINT_DIR).glob("step_*"), key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    candidates = checkpoints_oldest_first(run_dir)
+    if not candidates:
+        raise SystemExit(f"no checkpoint to resume under {run_dir / CHECKPOINT_DIR}")
+    return candidates[-1]
+
+
+def learning_rate(args: argparse.Namespace, step: int, fraction_done: float) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the step/time budget."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    floor = args.min_lr_ratio
+    return args.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(fraction_done, 1.0))))
+
+
+def setup_logging(run_dir: Path) -> None:
+    """Log to ``run_dir/train_log.txt`` and stderr (replacing handlers of an earlier call)."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.FileHandler(run_dir / "train_log.txt"), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Collect SIGINT/SIGTERM into a list (so the loop can stop cleanly); restore handlers."""
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    with stop_requests() as stop_signal:
+        return train(args, command, stop_signal)
+
+
+def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
+    """The training run; returns the exit code (0 when ``--output`` was written)."""
+    started = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    check_output_free(output)
+    run_dir = args.run_dir or ROOT / "runs" / output.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    logger.info("command: %s", command)
+
+    data_dir = args.data or default_data_dir()
+    train_dir = args.train_dir or data_dir / "clean" / "train"
+    train_paths, holdout_paths = holdout_split(list_images(train_dir, recursive=True), args.holdout)
+    logger.info(
+        "training folder %s: %d images, %d held out: %s",
+        train_dir,
+        len(train_paths),
+        len(holdout_paths),
+        ", ".join(p.name for p in holdout_paths),
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
+    val_images = centre_crops(holdout_paths, args.val_crop)
+
+    if args.init:
+        verify_manifest(args.init)
+        model = PixelUnshuffleUNet.from_pretrained(args.init, local_files_only=True)
+        logger.info("fine-tuning from %s", args.init)
+    else:
+        model = PixelUnshuffleUNet(
+            unshuffle=args.unshuffle,
+            block_out_channels=tuple(args.channels),
+            layers_per_block=args.layers_per_block,
+            norm_num_groups=args.norm_groups,
+        )
+    model_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    logger.info(
+        "model %s, %.2fM parameters", model_config, sum(p.numel() for p in model.parameters()) / 1e6
+    )
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(run_dir))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
+    progress = TrainingProgress(generator)
+    accelerator.register_for_checkpointing(ema, progress)
+    if args.resume:
+        checkpoint = latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
+        accelerator.load_state(str(checkpoint))
+        ema.to(accelerator.device)
+        logger.info("resumed from %s at step %d", checkpoint, progress.step)
+
+    scheduler = training_scheduler()
+    sampler = TimestepSampler(scheduler.config.num_train_timesteps)
+    logger.info(
+        "%s, batch %d x %dpx, %s", sampler, args.batch_size, args.crop, args.mixed_precision
+    )
+
+    budget = args.max_minutes * 60 if args.max_minutes is not None else math.inf
+    max_steps = args.max_steps if args.max_steps is not None else sys.maxsize
+    seconds_before = progress.seconds
+    session_start = time.monotonic()
+    last_validation: dict[str, float] = {}
+
+    def training_info() -> dict[str, Any]:
+        return {
+            "training": {
+                "data_folder": str(train_dir.resolve()),
+                "num_images": len(crops.images),
+                "holdout_images": [p.name for p in holdout_paths],
+                "steps": progress.step,
+                "wall_time_seconds": round(progress.seconds, 1),
+                "command": command,
+                "init": str(args.init) if args.init else None,
+                "batch_size": args.batch_size,
+                "crop": args.crop,
+                "lr": args.lr,
+                "ema_decay": args.ema_decay,
+                "mixed_precision": args.mixed_precision,
+                "timestep_sampler": repr(sampler),
+                "software": {
+                    "diffusers": diffusers.__version__,
+                    "accelerate": accelerate.__version__,
+                },
+                "validation": last_validation,
+            },
+            "model": {"class": "PixelUnshuffleUNet", **model_config},
+        }
+
+    saved_at: list[int] = []
+
+    def checkpoint() -> None:
+        if saved_at and saved_at[-1] == progress.step:
+            return
+        saved_at.append(progress.step)
+        accelerator.save_state(str(run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
+        for old in checkpoints_oldest_first(run_dir)[:-2]:
+            shutil.rmtree(old)
+        save_weights(
+            ema_copy(ema, model_config),
+            run_dir / SNAPSHOT_DIR,
+            f"{output.name}-snapshot",
+            args.version,
+            training_info(),
+        )
+        logger.info("checkpoint and EMA snapshot at step %d", progress.step)
+
+    bar = tqdm(
+        total=None if max_steps == sys.maxsize else max_steps,
+        initial=progress.step,
+        desc="training",
+        mininterval=1 if sys.stderr.isatty() else 60,
+    )
+    loss_sum, loss_count, window_start = 0.0, 0, time.monotonic()
+    while progress.step < max_steps and not stop_signal:
+        elapsed = time.monotonic() - started
+        if elapsed >= budget:
+            logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
+            break
+        # share of the whole run done (a resumed run continues the cosine, over old + new budget)
+        time_done = (seconds_before + elapsed) / (seconds_before + budget)
+        fraction = max(progress.step / max_steps, time_done if budget < math.inf else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, progress.step, fraction)
+        clean = crops.batch(args.batch_size).to(accelerator.device)
+        timesteps = sampler.sample(args.batch_size, generator)
+        loss = epsilon_mse_loss(model, scheduler, clean, timesteps, generator)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        progress.step += 1
+        progress.seconds = seconds_before + time.monotonic() - session_start
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        bar.update(1)
+        if progress.step % args.log_every == 0:
+            rate = loss_count / (time.monotonic() - window_start)
+            logger.info(
+                "step %d loss %.5f lr %.2e %.2f steps/s elapsed %.1f min",
+                progress.step,
+                loss_sum / loss_count,
+                optimizer.param_groups[0]["lr"],
+                rate,
+                elapsed / 60,
+            )
+            bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
+            loss_sum, loss_count, window_start = 0.0, 0, time.monotonic()
+        if progress.step % args.val_every == 0:
+            last_validation = validate(ema_copy(ema, model_config), val_images, args.seed)
+            logger.info("step %d validation (EMA, one-shot) %s", progress.step, last_validation)
+        if progress.step % args.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+
+    last_validation = validate(ema_copy(ema, model_config), val_images, args.seed)
+    logger.info("final validation (EMA, one-shot) at step %d: %s", progress.step, last_validation)
+    checkpoint()
+    if stop_signal:
+        logger.warning(
+            "stopped by signal %d; EMA snapshot in %s, resume with --resume latest",
+            stop_signal[0],
+            run_dir / SNAPSHOT_DIR,
+        )
+        return 1
+    try:
+        check_output_free(output)
+    except SystemExit as err:
+        logger.error("%s; the EMA weights are in %s", err, run_dir / SNAPSHOT_DIR)
+        return 1
+    save_weights(ema_copy(ema, model_config), output, output.name, args.version, training_info())
+    logger.info("wrote %s (%d steps, %.1f min)", output, progress.step, progress.seconds / 60)
+    print(json.dumps({"output": str(output), "steps": progress.step, **last_validation}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
