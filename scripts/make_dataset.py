@@ -1,0 +1,273 @@
+"""Build an attacked dataset: clean folder -> ``OUT/attacked/<attack>/<name>.png`` + references.
+
+Usage::
+
+    python scripts/make_dataset.py OUT [--input DIR | --data ROOT] [--attacks fgsm,ifgsm]
+        [--metric-checkpoint p1q2.pth] [--seed 0] [--device cpu] [--limit N] [--crop N]
+
+Every clean image ``<name>.<ext>`` gives ``OUT/reference/<name>.png`` and one
+``OUT/attacked/<attack>/<name>.png`` per attack (lossless PNG, atomic writes). Finished
+files are skipped, so an interrupted run resumes where it stopped; each (attack, image)
+job has its own seed, so a resumed run writes what an uninterrupted one would have.
+``OUT/attacks.json`` records the metric, seed, crop and each attack's hyper-parameters;
+a rerun with different settings is refused. Images are processed one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from attacks.registry import ATTACKS, make_attack  # noqa: E402
+from attacks.uap import metric_tag  # noqa: E402
+from image_io import list_images, load_image, save_image  # noqa: E402
+from paths import default_data_dir  # noqa: E402
+
+logger = logging.getLogger("make_dataset")
+
+SETTINGS_FILE = "attacks.json"
+
+
+@dataclass
+class DatasetSummary:
+    """What one run did: files written and skipped, and the mean score gain per attack."""
+
+    written: int = 0
+    skipped: int = 0
+    references: int = 0
+    gains: dict[str, list[float]] = field(default_factory=dict)
+
+    def mean_gains(self) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in self.gains.items() if v}
+
+
+def job_seed(seed: int, attack: str, name: str) -> int:
+    """A seed per (run seed, attack, image name), stable across runs and platforms."""
+    digest = hashlib.sha256(f"{seed}/{attack}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def center_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Central ``size x size`` crop of ``(3, H, W)`` (a side shorter than ``size`` is kept)."""
+    if size is None:
+        return image
+    h, w = image.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[:, top : top + ch, left : left + cw]
+
+
+def parse_attacks(spec: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` or a list -> validated attack names; None -> every registered attack."""
+    if spec is None:
+        return list(ATTACKS)
+    names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown or not names:
+        raise ValueError(f"unknown or no attacks {unknown}; known: {', '.join(ATTACKS)}")
+    return list(dict.fromkeys(names))
+
+
+def select_images(input_dir: str | Path, limit: int | None) -> list[Path]:
+    """The first ``limit`` images of ``input_dir`` (sorted); base names must be unique."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    paths = list_images(input_dir)[:limit]
+    if not paths:
+        raise ValueError(f"no images in {input_dir}")
+    stems: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in stems:
+            raise ValueError(f"{p.name} and {stems[p.stem].name} would both be {p.stem}.png")
+        stems[p.stem] = p
+    return paths
+
+
+def _write_json_atomic(data: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def record_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Merge ``settings`` into ``OUT/attacks.json``; refuse if they contradict it."""
+    path = out_dir / SETTINGS_FILE
+    old: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    for key in ("metric", "seed", "crop"):
+        if key in old and old[key] != settings[key]:
+            raise ValueError(
+                f"{out_dir} was made with {key}={old[key]!r}, this run has {settings[key]!r}: "
+                "use another output folder"
+            )
+    attacks = dict(old.get("attacks", {}))
+    for name, desc in settings["attacks"].items():
+        if name in attacks and attacks[name] != desc:
+            raise ValueError(
+                f"{out_dir}/attacked/{name} was made by {attacks[name]}, this run has {desc}: "
+                "use another output folder"
+            )
+        attacks[name] = desc
+    _write_json_atomic({**old, **settings, "attacks": attacks}, path)
+
+
+def make_dataset(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    attacks: str | Sequence[str] | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    crop: int | None = None,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> DatasetSummary:
+    """Attack every image of ``input_dir`` with every named attack against ``metric``.
+
+    ``metric``: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1)`` on ``device``. ``overrides``
+    maps an attack name to constructor options. Returns what was written and skipped.
+    """
+    if crop is not None and crop < 1:
+        raise ValueError(f"crop must be >= 1, got {crop}")
+    names = parse_attacks(attacks)
+    paths = select_images(input_dir, limit)
+    out_dir = Path(out_dir)
+    overrides = overrides or {}
+    try:
+        built = {n: make_attack(n, metric, **overrides.get(n, {})) for n in names}
+    except FileNotFoundError as err:
+        raise ValueError(f"{err} (or leave uap out of the attacks)") from err
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_settings(
+        out_dir,
+        {
+            "metric": metric_tag(metric) or type(metric).__name__,
+            "seed": seed,
+            "crop": crop,
+            "attacks": {n: repr(a) for n, a in built.items()},
+        },
+    )
+    device = torch.device(device)
+    summary = DatasetSummary(gains={n: [] for n in names})
+    bar = tqdm(total=len(paths) * len(names), desc="attacks", unit="img", disable=not progress)
+    with bar:
+        for path in paths:
+            name = path.stem
+            reference = out_dir / "reference" / f"{name}.png"
+            targets = {n: out_dir / "attacked" / n / f"{name}.png" for n in names}
+            todo = [n for n in names if not targets[n].is_file()]
+            summary.skipped += len(names) - len(todo)
+            bar.update(len(names) - len(todo))
+            if not todo and reference.is_file():
+                continue
+            clean = center_crop(load_image(path), crop)
+            if not reference.is_file():
+                save_image(clean, reference)
+                summary.references += 1
+            if not todo:
+                continue
+            images = clean.unsqueeze(0).to(device)
+            with torch.no_grad():
+                clean_score = float(metric(images).reshape(-1)[0])
+            for attack_name in todo:
+                bar.set_postfix_str(f"{attack_name} {name}")
+                generator = torch.Generator(device=device)
+                generator.manual_seed(job_seed(seed, attack_name, name))
+                adv = built[attack_name](images, generator)
+                save_image(adv[0], targets[attack_name])
+                with torch.no_grad():
+                    gain = float(metric(adv).reshape(-1)[0]) - clean_score
+                summary.gains[attack_name].append(gain)
+                summary.written += 1
+                bar.update(1)
+    for attack_name, gain in summary.mean_gains().items():
+        logger.info(
+            "%s: mean score gain %+.3f on %d new images",
+            attack_name,
+            gain,
+            len(summary.gains[attack_name]),
+        )
+    return summary
+
+
+def load_metric(device: str, checkpoint: str | None) -> torch.nn.Module:
+    """``MetricModel`` from ``checkpoint`` (default: p1q2.pth beside model.py, else stand-in)."""
+    from model import MetricModel
+
+    return MetricModel(device, model_path=checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path, help="output folder (created; reused to resume)")
+    parser.add_argument(
+        "--input", type=Path, default=None, help="folder of clean images (default: DATA/clean/eval)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data root (default: $PURIFY_DATA or ../shared/data)",
+    )
+    parser.add_argument(
+        "--attacks",
+        default=None,
+        help=f"comma-separated subset of: {','.join(ATTACKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--metric-checkpoint",
+        default=None,
+        help="Linearity checkpoint (default: p1q2.pth beside model.py, else the stand-in metric)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--crop", type=int, default=None, help="centre crop to N x N pixels")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> DatasetSummary:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    input_dir = args.input or (args.data or default_data_dir()) / "clean" / "eval"
+    metric = load_metric(args.device, args.metric_checkpoint)
+    summary = make_dataset(
+        input_dir,
+        args.out,
+        metric,
+        attacks=args.attacks,
+        seed=args.seed,
+        limit=args.limit,
+        crop=args.crop,
+        device=args.device,
+    )
+    print(
+        f"wrote {summary.written} attacked images and {summary.references} references, "
+        f"skipped {summary.skipped} finished ones -> {args.out}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

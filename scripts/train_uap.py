@@ -1,0 +1,166 @@
+"""Train the universal adversarial perturbation used by the ``uap`` attack.
+
+Usage::
+
+    python scripts/train_uap.py [--metric-checkpoint p1q2.pth] [--data ROOT] [--seed 0]
+        [--epochs 5] [--batch-size 8] [--size 256] [--lr 0.001] [--device cpu] [--out DIR]
+
+Trains on ``DATA/clean/train`` (never on ``clean/eval``) and writes
+``weights/uap-<metric>-v1/perturbation.safetensors`` plus ``manifest.json``. An existing
+output folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from attacks.uap import (  # noqa: E402
+    EPS,
+    PERTURBATION_FILE,
+    VERSION,
+    default_uap_dir,
+    metric_tag,
+    save_perturbation,
+)
+from attacks.uap_training import UAPTrainingResult, train_uap  # noqa: E402
+from image_io import list_images  # noqa: E402
+from paths import default_data_dir  # noqa: E402
+from weights_manifest import write_manifest  # noqa: E402
+
+logger = logging.getLogger("train_uap")
+
+
+def train_and_save(
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    train_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    command: str = "",
+    progress: bool = True,
+    **train_options,
+) -> UAPTrainingResult:
+    """Train on the images of ``train_dir`` and write the perturbation and its manifest."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ValueError(
+            f"{out_dir} exists: released weights are never overwritten; choose another --out"
+        )
+    paths = list_images(train_dir)[:limit]
+    if not paths:
+        raise ValueError(f"no images in {train_dir}")
+    generator = torch.Generator().manual_seed(seed)
+    start = time.monotonic()
+    result = train_uap(metric, paths, generator=generator, progress=progress, **train_options)
+    wall = time.monotonic() - start
+    tag = metric_tag(metric) or type(metric).__name__
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_perturbation(result.perturbation, staging / PERTURBATION_FILE, metric=tag)
+        write_manifest(
+            staging,
+            name=f"uap-{tag}",
+            version=VERSION,
+            training={
+                "data": str(train_dir),
+                "images": result.images_used,
+                "seed": seed,
+                "steps": result.steps,
+                "epoch_mean_scores": result.epoch_scores,
+                "options": {k: v for k, v in train_options.items() if k != "device"},
+                "command": command,
+                "wall_time_s": round(wall, 1),
+            },
+            metric=tag,
+        )
+        staging.chmod(0o755)
+        os.rename(staging, out_dir)  # the folder appears complete or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
+
+
+def load_metric(device: str, checkpoint: str | None) -> torch.nn.Module:
+    """``MetricModel`` from ``checkpoint`` (default: p1q2.pth beside model.py, else stand-in)."""
+    from model import MetricModel
+
+    return MetricModel(device, model_path=checkpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--metric-checkpoint",
+        default=None,
+        help="Linearity checkpoint (default: p1q2.pth beside model.py, else the stand-in metric)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data root (default: $PURIFY_DATA or ../shared/data); trains on DATA/clean/train",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: weights/uap-<metric>-v1)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=256, help="perturbation side in pixels")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eps", type=float, default=EPS, help="L-inf bound (default 10/255)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metric = load_metric(args.device, args.metric_checkpoint)
+    out = args.out or default_uap_dir(metric_tag(metric) or "metric")
+    train_dir = (args.data or default_data_dir()) / "clean" / "train"
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    result = train_and_save(
+        metric,
+        train_dir,
+        out,
+        seed=args.seed,
+        limit=args.limit,
+        command=shlex.join(["python", "scripts/train_uap.py", *argv_list]),
+        size=args.size,
+        eps=args.eps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+    )
+    print(
+        f"trained {result.steps} steps on {result.images_used} images; "
+        f"epoch mean scores {[round(s, 3) for s in result.epoch_scores]} -> {out}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
