@@ -1,21 +1,81 @@
 """The defense the competition harness imports: ``Defense(device).apply_defense(images)``.
 
-Identity for now: the diffusion purifier replaces it (see the purification issue).
+A thin wrapper around ``purifier.DiffusionPurifier`` (DiffPure with the project's small
+DDPM denoiser). The weights are the newest released ``weights/ddpm-v<N>`` folder beside this
+file unless ``weights`` names another folder.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from model import check_images
+from purifier import DiffusionPurifier, PurifierConfig, load_default_config, resolve_weights
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class Defense:
-    """Purify float ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device."""
+    """Purify float ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device.
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    Any batch size and ``H x W``. Knobs left as None take their default from
+    ``purifier/defaults.json`` if present, else ``purifier.PROVISIONAL_DEFAULTS``
+    (t_star=60, steps=2, ddpm, uniform spacing, ensemble=1, no unsharp masking; provisional
+    until the tuner writes ``defaults.json``). See ``purifier.PurifierConfig`` for each knob.
+
+    Args:
+        device: where the denoiser runs.
+        t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius: knobs of
+            ``PurifierConfig``; ValueError for bad values.
+        seed: None (default) seeds the noise generator from OS entropy, so every call draws
+            fresh noise; an int makes the sequence of calls reproducible.
+        weights: denoiser folder; None picks the newest released ``weights/ddpm-v<N>``
+            (``purifier.MissingWeightsError`` if there is none).
+        config: a whole ``PurifierConfig`` to start from instead of the defaults.
+
+    ``apply_defense`` does not disable autograd: the harness calls it under
+    ``torch.no_grad()``; with gradients enabled it is differentiable end to end.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        t_star: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        spacing: str | None = None,
+        ensemble: int | None = None,
+        unsharp_amount: float | None = None,
+        unsharp_radius: float | None = None,
+        seed: int | None = None,
+        weights: str | Path | None = None,
+        config: PurifierConfig | None = None,
+    ) -> None:
         self.device = torch.device(device)
+        base = load_default_config() if config is None else config
+        self.config = base.replace(
+            t_star=t_star,
+            steps=steps,
+            sampler=sampler,
+            spacing=spacing,
+            ensemble=ensemble,
+            unsharp_amount=unsharp_amount,
+            unsharp_radius=unsharp_radius,
+        )
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.weights = resolve_weights(weights, WEIGHTS_DIR)
+        self.purifier = DiffusionPurifier.from_pretrained(
+            self.weights, self.device, self.config, seed
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Defense(device={str(self.device)!r}, weights={str(self.weights)!r}, {self.purifier})"
+        )
 
     def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)
-        return images.clone()
+        """Purified copy of float ``(B, 3, H, W)`` images in [0, 1] (ValueError otherwise)."""
+        return self.purifier(images)

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusion import PixelUnshuffleUNet, training_scheduler
 from model import IQAModel
+from weights_manifest import write_manifest
 
 P1Q2_K = [0.5, 2.0, 3.0]
 P1Q2_B = [10.0, 20.0, 30.0]
@@ -27,3 +29,20 @@ def p1q2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "p1q2.pth"
     torch.save({"model": state, "k": list(P1Q2_K), "b": list(P1Q2_B)}, path)
     return path
+
+
+def write_tiny_release(folder: Path, seed: int = 0) -> Path:
+    """A loadable denoiser folder (random tiny PixelUnshuffleUNet + schedule + manifest)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = PixelUnshuffleUNet(unshuffle=2, block_out_channels=(8, 16), norm_num_groups=4)
+    model.save_pretrained(folder)
+    training_scheduler().save_pretrained(folder)
+    write_manifest(folder, "tiny", "0", training={"steps": 0})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<tmp>/weights/ddpm-v1``: a tiny released denoiser for fast tests."""
+    return write_tiny_release(tmp_path_factory.mktemp("weights") / "ddpm-v1")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+import defense
 from defense import Defense
 from defenses import DEFAULT_DEFENSE, DEFENSES, make_defense, register_defense
 from defenses.classical import (
@@ -28,10 +30,14 @@ def random_images(shape: tuple[int, ...] = (2, 3, 17, 23), seed: int = 0) -> tor
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_registry_lists_classical_and_project_defense() -> None:
+def test_registry_lists_classical_and_project_defense(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(defense, "WEIGHTS_DIR", tiny_weights.parent)
     assert set(CLASSICAL) | {"ddpm"} <= set(DEFENSES)
     assert DEFAULT_DEFENSE == "ddpm"
-    assert isinstance(make_defense("ddpm", "cpu"), Defense)
+    built = make_defense("ddpm", "cpu")
+    assert isinstance(built, Defense) and built.weights == tiny_weights
 
 
 def test_unknown_defense_is_a_value_error() -> None:

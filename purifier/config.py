@@ -1,0 +1,116 @@
+"""The purifier's tunable knobs, their validation and where their defaults come from.
+
+Defaults are read from ``purifier/defaults.json`` when that file exists (the tuner writes it),
+else from ``PROVISIONAL_DEFAULTS`` below. The provisional values are a plain DiffPure chain
+(Nie et al., ICML 2022) at a mild noise level: ``t_star = 60`` (image noise std ~26/255,
+see ``diffusion.timestep_to_sigma``), two ancestral DDPM steps, no ensemble, no unsharp
+masking. They stay provisional until the tuner has written ``defaults.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schedulers import SAMPLERS, SPACINGS, ddim_kept_timesteps, kept_timesteps
+
+DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.json"
+
+
+@dataclass(frozen=True)
+class PurifierConfig:
+    """Knobs of ``DiffusionPurifier``; every field is validated on construction (ValueError).
+
+    Attributes:
+        t_star: first diffusion step of the chain (integer training step, 1..999); the input is
+            noised to this step and denoised back.
+        steps: reverse steps run from ``t_star`` to the clean image (1..t_star + 1).
+        sampler: ``"ddpm"`` (ancestral, stochastic) or ``"ddim"`` (deterministic, eta = 0;
+            needs ``t_star + 1 == steps * r`` with ``r`` dividing 1000).
+        spacing: how the kept steps are spread: ``"uniform"`` or ``"quadratic"`` (ddpm only).
+        ensemble: number of independent purifications averaged per call (>= 1).
+        unsharp_amount: unsharp-masking gain applied after denoising, ``x + a (x - blur(x))``;
+            0 disables it.
+        unsharp_radius: standard deviation in pixels of the Gaussian blur of unsharp masking.
+    """
+
+    t_star: int = 60
+    steps: int = 2
+    sampler: str = "ddpm"
+    spacing: str = "uniform"
+    ensemble: int = 1
+    unsharp_amount: float = 0.0
+    unsharp_radius: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_int("ensemble", self.ensemble, minimum=1)
+        _check_float("unsharp_amount", self.unsharp_amount, minimum=0.0)
+        _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
+        if self.sampler == "ddim" and self.spacing != "uniform":
+            raise ValueError(
+                f"the ddim sampler needs spacing 'uniform' (an evenly spaced grid), "
+                f"got {self.spacing!r}"
+            )
+        # The same checks make_scheduler runs, so a bad chain fails here with a clear message.
+        if self.sampler == "ddim":
+            ddim_kept_timesteps(self.t_star, self.steps)
+        else:
+            kept_timesteps(self.t_star, self.steps, self.spacing)
+
+    def replace(self, **changes: Any) -> PurifierConfig:
+        """A copy with ``changes`` applied (``None`` values are ignored), validated again."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown purifier option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The knobs as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_float(name: str, value: object, minimum: float, strict: bool = False) -> None:
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > minimum if strict else value >= minimum)
+    )
+    if not ok:
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+
+
+PROVISIONAL_DEFAULTS = PurifierConfig()
+
+
+def load_default_config(path: str | Path | None = None) -> PurifierConfig:
+    """The default knobs: ``path`` (default ``purifier/defaults.json``) if it exists, laid over
+    ``PROVISIONAL_DEFAULTS``; ValueError if the file is unreadable or holds a bad value."""
+    path = DEFAULTS_FILE if path is None else Path(path)
+    if not path.is_file():
+        return PROVISIONAL_DEFAULTS
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read purifier defaults {path}: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"purifier defaults {path} must hold a JSON object of option: value")
+    try:
+        return PROVISIONAL_DEFAULTS.replace(**values)
+    except ValueError as err:
+        raise ValueError(f"bad purifier defaults in {path}: {err}") from err

@@ -1,0 +1,181 @@
+#!/usr/bin/env python
+"""Purify every image in a folder (recursively) into another folder with the diffusion purifier.
+
+    purify photos/ purified/
+    purify photos/ purified/ --t-star 80 --steps 2 --seed 0 --keep-format
+    python scripts/purify.py photos/ purified/ --tile 512 --tile-overlap 32 --threads 1
+
+Names and sub-folders are kept; outputs are PNG unless ``--keep-format``. Existing outputs are
+skipped (an interrupted run resumes) unless ``--overwrite``; writes are atomic. Unreadable
+files are reported and skipped. Images larger than ``--tile`` are processed tile by tile with
+blended overlaps, so large photos fit in a few GB. Exit code 1 if any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from image_io import ImageReadError, load_image, save_image  # noqa: E402
+from paths import WEIGHTS_DIR  # noqa: E402
+from purifier import (  # noqa: E402
+    PROVISIONAL_DEFAULTS,
+    DiffusionPurifier,
+    MissingWeightsError,
+    PurifierConfig,
+    load_default_config,
+    resolve_weights,
+    tiled_apply,
+)
+from purifier.folder_plan import FolderPlan, Job, batches_by_size, plan_folder  # noqa: E402
+from schedulers import SAMPLERS, SPACINGS  # noqa: E402
+
+logger = logging.getLogger("purify")
+
+
+def _knobs(config: PurifierConfig) -> str:
+    return ", ".join(f"{name}={value}" for name, value in config.to_dict().items())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="purify",
+        description=__doc__.split("\n\n")[0],
+        epilog="Knobs left out (--t-star ... --unsharp-radius) come from purifier/defaults.json "
+        "if present, else the provisional defaults: " + _knobs(PROVISIONAL_DEFAULTS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input_dir", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("output_dir", type=Path, help="where purified images go (not inside input)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--batch-size", type=int, default=1, help="same-size images per batch")
+    parser.add_argument("--t-star", type=int, default=None, help="noise level (training step)")
+    parser.add_argument("--steps", type=int, default=None, help="reverse diffusion steps")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
+    parser.add_argument("--spacing", choices=SPACINGS, default=None)
+    parser.add_argument("--ensemble", type=int, default=None, help="average N stochastic runs")
+    parser.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
+    parser.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
+    parser.add_argument("--seed", type=int, default=None, help="reproducible noise")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="denoiser folder (default: newest weights/ddpm-v*)",
+    )
+    parser.add_argument("--tile", type=int, default=512, help="tile side in px; 0 disables tiling")
+    parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")
+    parser.add_argument("--keep-format", action="store_true", help="keep each input's format")
+    parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and summary only")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.tile < 0 or args.tile_overlap < 0:
+        parser.error("--tile and --tile-overlap must be >= 0")
+    if args.tile and 2 * args.tile_overlap >= args.tile:
+        parser.error("--tile-overlap must be less than half of --tile")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        config = load_default_config().replace(
+            t_star=args.t_star,
+            steps=args.steps,
+            sampler=args.sampler,
+            spacing=args.spacing,
+            ensemble=args.ensemble,
+            unsharp_amount=args.unsharp_amount,
+            unsharp_radius=args.unsharp_radius,
+        )
+        plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
+        weights = resolve_weights(args.weights, WEIGHTS_DIR)
+        purifier = DiffusionPurifier.from_pretrained(weights, args.device, config, args.seed)
+    except (ValueError, MissingWeightsError) as err:
+        logger.error("%s", err)
+        return 2
+    with logging_redirect_tqdm():
+        return run(args, plan, purifier)
+
+
+def run(args: argparse.Namespace, plan: FolderPlan, purifier: DiffusionPurifier) -> int:
+    """Purify the planned jobs; log a summary; 0 if nothing failed, else 1."""
+    logger.info("%s; %d to do, %d already done", purifier, len(plan.jobs), len(plan.existing))
+    if plan.ignored:
+        names = ", ".join(str(p) for p in plan.ignored[:5])
+        more = f" and {len(plan.ignored) - 5} more" if len(plan.ignored) > 5 else ""
+        logger.warning("ignoring %d non-image file(s): %s%s", len(plan.ignored), names, more)
+    failed = 0
+    for job, reason in plan.rejected:
+        logger.warning("skipping %s: %s", job.source, reason)
+        failed += 1
+    batches, unreadable = batches_by_size(plan.jobs, args.batch_size)
+    for _job, reason in unreadable:
+        logger.warning("skipping %s", reason)
+        failed += 1
+    processed = 0
+    started = time.perf_counter()
+    with tqdm(total=sum(len(b) for b in batches), unit="image", desc="purifying") as bar:
+        for batch in batches:
+            done = purify_batch(batch, purifier, args.tile, args.tile_overlap)
+            processed += done
+            failed += len(batch) - done
+            bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    per_image = f"{seconds / processed:.2f} s/image" if processed else "n/a"
+    print(
+        f"processed {processed}, skipped {len(plan.existing)} (output exists), failed {failed}, "
+        f"ignored {len(plan.ignored)} non-image file(s); {per_image}"
+    )
+    return 1 if failed else 0
+
+
+def purify_batch(batch: list[Job], purifier: DiffusionPurifier, tile: int, overlap: int) -> int:
+    """Load, purify and save one batch of same-size images; returns how many were written.
+    Unreadable or unwritable files are logged and left out."""
+    loaded: list[tuple[Job, torch.Tensor]] = []
+    for job in batch:
+        try:
+            loaded.append((job, load_image(job.source)))
+        except ImageReadError as err:
+            logger.warning("skipping %s", err)
+    if not loaded:
+        return 0
+    images = torch.stack([image for _, image in loaded])
+    with torch.no_grad():
+        if tile:
+            purified = tiled_apply(images, purifier, tile, overlap, desc="tiles")
+        else:
+            purified = purifier(images)
+    written = 0
+    for (job, _), image in zip(loaded, purified, strict=True):
+        try:
+            save_image(image, job.target)
+            written += 1
+        except (OSError, ValueError) as err:
+            logger.warning("cannot write %s: %s", job.target, err)
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main())
