@@ -238,7 +238,8 @@ class MetricModel(nn.Module):
     """The competition's Linearity wrapper: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1)`` score.
 
     ``model_path=None`` uses ``p1q2.pth`` beside this file if it exists, else the stand-in
-    metric shipped under ``weights/`` (with one logged warning). Higher is better.
+    metric shipped under ``weights/`` (with one logged warning); a folder path loads a
+    stand-in metric saved in that folder (``standin_metric.save_standin``). Higher is better.
     """
 
     lower_better = False
@@ -257,6 +258,11 @@ class MetricModel(nn.Module):
             )
             self.model, self.k, self.b = load_standin(self.device)
             self.name = "standin"
+        elif path.is_dir():
+            from standin_metric import load_standin
+
+            self.model, self.k, self.b = load_standin(self.device, path)
+            self.name = path.name
         else:
             self.model, self.k, self.b = load_iqa_model(path, self.device)
             self.name = path.name

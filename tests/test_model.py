@@ -14,6 +14,7 @@ from model import (
     CheckpointError,
     IQAModel,
     MetricModel,
+    TrunkSpec,
     check_images,
     load_iqa_model,
 )
@@ -203,3 +204,32 @@ def test_metric_rejects_bad_input(p1q2_checkpoint: Path) -> None:
     metric = MetricModel("cpu", p1q2_checkpoint)
     with pytest.raises(ValueError, match=r"image must lie in \[0, 1\]"):
         metric(torch.full((1, 3, 16, 16), 2.0))
+
+
+def test_a_folder_path_loads_a_saved_standin(tmp_path: Path) -> None:
+    from standin_metric import save_standin
+
+    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
+    tiny = IQAModel(spec).eval()
+    folder = save_standin(tiny, [2.0, 1.0, 1.0], [5.0, 0.0, 0.0], tmp_path / "standin-test")
+    metric = MetricModel("cpu", folder)
+    images = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(3))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(metric(images), tiny((images - mean) / std)[-1] * 2.0 + 5.0)
+    assert metric.name == "standin-test"
+
+
+def test_default_without_p1q2_or_standin_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model
+    import standin_metric
+
+    monkeypatch.setattr(model, "ROOT", tmp_path)
+    original = standin_metric.load_standin
+    monkeypatch.setattr(
+        standin_metric, "load_standin", lambda device: original(device, tmp_path / "missing")
+    )
+    with pytest.raises(FileNotFoundError, match="missing"):
+        MetricModel("cpu")
