@@ -8,7 +8,8 @@ A factory takes a device and returns an object with ``apply_defense(images)`` (f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -36,6 +37,34 @@ def _project_defense(device: torch.device) -> PurifyingDefense:
     return Defense(device)
 
 
+# DiffPure as published (Nie et al., ICML 2022): noise to t* = 100 training steps (0.1 of the
+# 1000-step schedule), then every one of the 100 ancestral steps back. In the ``schedulers``
+# convention step t is t + 1 noising steps from x_0, so the chain starts at t_star = 99 and
+# keeps all t_star + 1 = 100 steps. No ensemble, no unsharp masking.
+DIFFPURE_KNOBS: dict[str, Any] = {
+    "t_star": 99,
+    "steps": 100,
+    "sampler": "ddpm",
+    "spacing": "uniform",
+    "ensemble": 1,
+    "unsharp_amount": 0.0,
+}
+
+
+def diffpure_defense(
+    device: str | torch.device = "cpu",
+    *,
+    weights: str | Path | None = None,
+    seed: int | None = None,
+) -> PurifyingDefense:
+    """The DiffPure baseline (``DIFFPURE_KNOBS``) on the project's denoiser, whatever
+    ``purifier/defaults.json`` says; ``weights``/``seed`` as in ``defense.Defense``."""
+    from defense import Defense
+    from purifier import PurifierConfig
+
+    return Defense(device, config=PurifierConfig(**DIFFPURE_KNOBS), weights=weights, seed=seed)
+
+
 DEFENSES: dict[str, DefenseFactory] = {
     "none": IdentityDefense,
     "resize": ResizeDefense,
@@ -43,6 +72,7 @@ DEFENSES: dict[str, DefenseFactory] = {
     "blur": GaussianBlurDefense,
     "median": MedianDefense,
     "ddpm": _project_defense,
+    "diffpure": diffpure_defense,
 }
 
 # The defense the competition imports (defense.Defense).

@@ -1,0 +1,395 @@
+"""The benchmark's machinery, shared by ``scripts/benchmark.py`` and ``scripts/tune.py``.
+
+Defenses are scored with ``test.py``'s own ``evaluate`` and ``aggregate`` (loaded by path as
+``harness``), on attacked images and on the clean references. Run time is a ratio: seconds per
+image over one forward of Linearity (ResNeXt-101 32x8d ``model.IQAModel()``, random init, eval,
+no_grad, batch 1) on an image of the same size, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
+from image_io import load_image
+from model import IQAModel
+from paths import ROOT
+
+logger = logging.getLogger(__name__)
+
+HARNESS_NAME = "competition_harness"
+CLASSICAL = ("resize", "jpeg", "blur", "median")
+DIFFUSION = ("diffpure", "ddpm")
+DEFAULT_DEFENSES = ("none", *CLASSICAL, *DIFFUSION)
+LABELS = {
+    "none": "none (undefended)",
+    "resize": "resize x0.5",
+    "jpeg": "JPEG q50",
+    "blur": "Gaussian blur 3x3",
+    "median": "median 3x3",
+    "diffpure": "DiffPure (t*=100, 100 DDPM steps)",
+    "ddpm": "ours (defense.Defense)",
+}
+CLEAN = "clean"
+TIME_RATIO = "Time ratio"
+
+PairKey = tuple[str, str]
+"""``(attack, attacked file name)``: identifies a pair and its record."""
+
+
+def load_harness() -> ModuleType:
+    """``test.py`` loaded by path (``test`` would shadow the standard library), once."""
+    if HARNESS_NAME in sys.modules:
+        return sys.modules[HARNESS_NAME]
+    spec = importlib.util.spec_from_file_location(HARNESS_NAME, ROOT / "test.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {ROOT / 'test.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[HARNESS_NAME] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = load_harness()
+ImagePair = harness.ImagePair
+ImageRecord = harness.ImageRecord
+
+
+# --- choosing images ----------------------------------------------------------------------
+
+
+def spread(items: Sequence[Any], count: int | None) -> list[Any]:
+    """``count`` evenly spaced items of ``items`` (first one included); all if ``count`` is
+    None or not smaller than ``len(items)``."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def select_pairs(pairs: Sequence[Any], per_attack: int | None) -> list[Any]:
+    """``per_attack`` evenly spaced pairs (by image name) of every attack, in input order."""
+    by_attack: dict[str, list[Any]] = defaultdict(list)
+    for pair in pairs:
+        by_attack[pair.attack].append(pair)
+    kept = {
+        id(p)
+        for group in by_attack.values()
+        for p in spread(sorted(group, key=lambda p: p.attacked.name), per_attack)
+    }
+    return [p for p in pairs if id(p) in kept]
+
+
+def clean_pairs(pairs: Sequence[Any]) -> list[Any]:
+    """One ``(reference, reference)`` pair per distinct reference, attack named ``clean``."""
+    references = sorted({p.reference for p in pairs})
+    return [ImagePair(CLEAN, ref, ref) for ref in references]
+
+
+def pair_key(pair: Any) -> PairKey:
+    return (pair.attack, pair.attacked.name)
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file, from its header."""
+    width, height = harness.image_size(path)
+    return height, width
+
+
+def choose_grid_pairs(pairs: Sequence[Any], rows: int) -> list[Any]:
+    """``rows`` pairs from different attacks (spread over attacks and image names)."""
+    if rows < 1:
+        return []
+    by_attack: dict[str, list[Any]] = defaultdict(list)
+    for pair in pairs:
+        by_attack[pair.attack].append(pair)
+    attacks = sorted(by_attack)
+    chosen = []
+    for i in range(min(rows, len(pairs))):
+        group = sorted(by_attack[attacks[i * len(attacks) // rows % len(attacks)]], key=pair_key)
+        candidates = [p for p in group if p not in chosen]
+        if candidates:
+            chosen.append(candidates[(i * len(candidates)) // rows % len(candidates)])
+    return chosen
+
+
+# --- timing -------------------------------------------------------------------------------
+
+
+def linearity_seconds(
+    sizes: Iterable[tuple[int, int]],
+    model: nn.Module | None = None,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+) -> dict[tuple[int, int], float]:
+    """Median seconds of one Linearity forward on a ``(1, 3, H, W)`` image, per ``(H, W)``.
+
+    ``model`` defaults to ``IQAModel()`` (ResNeXt-101 32x8d, random init); one warm-up run per
+    size precedes ``repeats`` timed ones under ``torch.no_grad()``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    model = (IQAModel() if model is None else model).to(device).eval()
+    seconds = {}
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for height, width in sorted(set(sizes)):
+            image = torch.rand((1, 3, height, width), generator=generator).to(device)
+            model(image)
+            times = []
+            for _ in range(repeats):
+                start = perf_counter()
+                model(image)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(perf_counter() - start)
+            seconds[(height, width)] = statistics.median(times)
+            logger.info("Linearity forward %dx%d: %.3f s", height, width, seconds[(height, width)])
+    return seconds
+
+
+# --- running defenses ---------------------------------------------------------------------
+
+
+class CapturingDefense:
+    """Runs ``inner`` and keeps its outputs for chosen input images (for the comparison grid).
+
+    ``targets`` maps a key to a ``(3, H, W)`` image; whenever an input equals one exactly, the
+    matching output is stored (on the CPU) in ``captured[key]``.
+    """
+
+    def __init__(self, inner: PurifyingDefense, targets: Mapping[Any, torch.Tensor]) -> None:
+        self.inner = inner
+        self.targets = dict(targets)
+        self.captured: dict[Any, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.inner.apply_defense(images)
+        for key, target in self.targets.items():
+            if target.shape != images.shape[1:]:
+                continue
+            for i in range(images.shape[0]):
+                if torch.equal(target, images[i].detach().to("cpu", target.dtype)):
+                    self.captured[key] = out[i].detach().to("cpu").clone()
+        return out
+
+
+@dataclass
+class DefenseRun:
+    """Every record of one defense on attacked images and on the clean references.
+
+    ``ratios[i]`` is ``records[i].seconds`` over one Linearity forward on that image's size.
+    """
+
+    name: str
+    label: str
+    description: str
+    records: list[Any]
+    ratios: list[float]
+    clean_records: list[Any]
+    clean_ratios: list[float]
+    subset: int | None = None
+    captured: dict[PairKey, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def pair_keys(self) -> set[PairKey]:
+        return {(r.attack, r.name) for r in self.records}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """``test.aggregate`` rows (attacks, then ``All Attacks``) plus ``TIME_RATIO``."""
+        return summarize(self.records, self.ratios)
+
+    def total(self) -> dict[str, Any]:
+        return self.rows()[-1]
+
+    def clean_row(self) -> dict[str, Any]:
+        """Figures on the clean references (``Gain Score`` is the clean-input gain)."""
+        return summarize(self.clean_records, self.clean_ratios)[-1]
+
+    def record(self, key: PairKey) -> Any:
+        return next(r for r in self.records if (r.attack, r.name) == key)
+
+    def restricted(self, keys: set[PairKey]) -> DefenseRun:
+        """The same run limited to the records in ``keys`` (and their references)."""
+        kept = [
+            (r, t)
+            for r, t in zip(self.records, self.ratios, strict=True)
+            if (r.attack, r.name) in keys
+        ]
+        names = {name for _, name in keys}
+        clean = [
+            (r, t)
+            for r, t in zip(self.clean_records, self.clean_ratios, strict=True)
+            if r.name in names
+        ]
+        return dataclasses.replace(
+            self,
+            records=[r for r, _ in kept],
+            ratios=[t for _, t in kept],
+            clean_records=[r for r, _ in clean],
+            clean_ratios=[t for _, t in clean],
+        )
+
+
+def summarize(records: Sequence[Any], ratios: Sequence[float]) -> list[dict[str, Any]]:
+    """``test.aggregate(records)`` with a ``TIME_RATIO`` column (NaN-skipping means)."""
+    rows = harness.aggregate(records)
+    by_attack: dict[str, list[float]] = defaultdict(list)
+    for record, ratio in zip(records, ratios, strict=True):
+        by_attack[record.attack].append(ratio)
+    for row in rows:
+        values = list(ratios) if row["Attack"] == harness.ALL_ATTACKS else by_attack[row["Attack"]]
+        row[TIME_RATIO] = harness.nan_mean(values)
+    return rows
+
+
+def time_ratios(
+    records: Sequence[Any], pairs: Sequence[Any], linearity: Mapping[tuple[int, int], float]
+) -> list[float]:
+    """Per record: seconds per image over one Linearity forward on the attacked image's size."""
+    ratios = []
+    for record, pair in zip(records, pairs, strict=True):
+        size = image_hw(pair.attacked)
+        if size not in linearity:
+            raise ValueError(f"no Linearity timing for {size[0]}x{size[1]} ({pair.attacked})")
+        ratios.append(record.seconds / linearity[size])
+    return ratios
+
+
+def run_defense(
+    name: str,
+    defense: PurifyingDefense,
+    pairs: Sequence[Any],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    linearity: Mapping[tuple[int, int], float],
+    *,
+    subset: int | None = None,
+    grid_targets: Mapping[PairKey, torch.Tensor] | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> DefenseRun:
+    """Score ``defense`` with ``test.evaluate`` on ``pairs`` and on their clean references."""
+    wrapped = CapturingDefense(defense, grid_targets or {})
+    logger.info("%s on %d attacked images: %r", name, len(pairs), defense)
+    records = harness.evaluate(pairs, wrapped, metric, batch_size, device, num_workers, progress)
+    cleans = clean_pairs(pairs)
+    clean_records = harness.evaluate(
+        cleans, defense, metric, batch_size, device, num_workers, progress
+    )
+    return DefenseRun(
+        name=name,
+        label=LABELS.get(name, name),
+        description=repr(defense),
+        records=records,
+        ratios=time_ratios(records, pairs, linearity),
+        clean_records=clean_records,
+        clean_ratios=time_ratios(clean_records, cleans, linearity),
+        subset=subset,
+        captured=wrapped.captured,
+    )
+
+
+def build_defense(
+    name: str,
+    device: str | torch.device = "cpu",
+    *,
+    weights: str | Path | None = None,
+    seed: int | None = 0,
+) -> PurifyingDefense:
+    """A registered defense; the diffusion ones get ``weights`` and a fixed ``seed``."""
+    if name == "ddpm":
+        from defense import Defense
+
+        return Defense(device, weights=weights, seed=seed)
+    if name == "diffpure":
+        return diffpure_defense(device, weights=weights, seed=seed)
+    return make_defense(name, device)
+
+
+def run_benchmark(
+    pairs: Sequence[Any],
+    defenses: Mapping[str, PurifyingDefense],
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    linearity: Mapping[tuple[int, int], float],
+    *,
+    subsets: Mapping[str, int] | None = None,
+    grid_pairs: Sequence[Any] = (),
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, DefenseRun]:
+    """Run every defense (in order) on ``pairs`` (or its ``subsets[name]`` per attack)."""
+    subsets = dict(subsets or {})
+    unknown = sorted(set(subsets) - set(defenses))
+    if unknown:
+        raise ValueError(f"--subset-for names defenses that are not run: {unknown}")
+    targets = {pair_key(p): load_image(p.attacked) for p in grid_pairs}
+    runs = {}
+    for name, defense in defenses.items():
+        subset = subsets.get(name)
+        chosen = select_pairs(pairs, subset) if subset is not None else list(pairs)
+        keys = {pair_key(p) for p in chosen}
+        runs[name] = run_defense(
+            name,
+            defense,
+            chosen,
+            metric,
+            linearity,
+            subset=subset,
+            grid_targets={k: v for k, v in targets.items() if k in keys},
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+        )
+    return runs
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Tune the purifier's knobs under a runtime budget; write ``purifier/defaults.json``.
+
+Usage::
+
+    python scripts/tune.py [--budget 1.0] [--search coordinate|grid] [--rounds 2]
+        [--tuning-dir runs/tuning-set] [--space JSON] [--dry-run] [--threads 1]
+
+The budget is a multiple of one forward of Linearity (ResNeXt-101 32x8d, random init, batch
+1) on the tuning images' sizes, measured in the same run. The tuning set (12 clean/train
+photos, centre crops of 384 px, 7 attacks from different families; never the public
+``clean/eval`` images) is built by ``make_dataset`` on first use and cached in
+``--tuning-dir``. Each configuration gets Gain, Quality, SRCC (a proxy: 12 images per attack),
+clean-input Gain and its time ratio; the objective is documented in ``scripts/tuning.py``
+(minimise attacked + clean Gain under the budget, Quality >= undefended Quality).
+
+Writes the chosen knobs to ``--output`` (default ``purifier/defaults.json``, the flat object
+``purifier.config`` reads), the tuning record (set, objective, figures, baselines, command)
+beside it as ``defaults.provenance.json``, every trial to ``OUTPUT_DIR/trials.json`` and a
+Pareto plot (gain vs quality, coloured by time ratio) to ``OUTPUT_DIR/pareto.png``.
+``--dry-run`` prints the choice and writes no defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from paths import ROOT, default_data_dir  # noqa: E402
+from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
+from purifier.config import DEFAULTS_FILE  # noqa: E402
+from scripts.benchmarking import (  # noqa: E402
+    CLASSICAL,
+    build_defense,
+    harness,
+    image_hw,
+    json_ready,
+    linearity_seconds,
+    machine_info,
+    run_defense,
+    select_pairs,
+)
+from scripts.tuning import (  # noqa: E402
+    DEFAULT_SPACE,
+    OBJECTIVE,
+    TUNING_ATTACKS,
+    TUNING_CROP,
+    TUNING_IMAGES,
+    TUNING_SEED,
+    Tuner,
+    build_tuning_set,
+    check_not_public,
+    choose,
+    figures,
+    parse_space,
+    write_defaults,
+)
+
+logger = logging.getLogger("tune")
+
+DEFAULT_TUNING_DIR = ROOT / "runs" / "tuning-set"
+DEFAULT_OUTPUT_DIR = ROOT / "runs" / "tune"
+
+
+def _names(spec: str) -> list[str]:
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--budget", type=float, default=1.0, help="max time per image in Linearity forwards"
+    )
+    parser.add_argument("--search", choices=["coordinate", "grid"], default="coordinate")
+    parser.add_argument("--rounds", type=int, default=2, help="coordinate-search rounds")
+    parser.add_argument("--max-trials", type=int, default=None, help="stop after N trials")
+    parser.add_argument(
+        "--space", default=None, help="JSON knob -> values (default: tuning.DEFAULT_SPACE)"
+    )
+    parser.add_argument(
+        "--start", default=None, help="JSON knobs of the first trial (default: provisional)"
+    )
+    parser.add_argument("--tuning-dir", type=Path, default=DEFAULT_TUNING_DIR)
+    parser.add_argument(
+        "--no-build", action="store_true", help="use --tuning-dir as it is (no make_dataset)"
+    )
+    parser.add_argument("--data", type=Path, default=None, help="data root (default: shared)")
+    parser.add_argument("--images", default=",".join(TUNING_IMAGES), help="clean/train names")
+    parser.add_argument("--attacks", default=",".join(TUNING_ATTACKS))
+    parser.add_argument("--crop", type=int, default=TUNING_CROP)
+    parser.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every trial's noise")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--checkpoint-dir", type=Path, default=ROOT, help="folder with p1q2.pth")
+    parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
+    parser.add_argument("--output", type=Path, default=DEFAULTS_FILE, help="defaults file")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--pareto", type=Path, default=None, help="default OUTPUT_DIR/pareto.png")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--linearity-repeats", type=int, default=3)
+    parser.add_argument("--dry-run", action="store_true", help="print; write no defaults")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def reference_model() -> torch.nn.Module:
+    """Linearity's ResNeXt-101 (random init): the unit of the budget."""
+    from model import IQAModel
+
+    return IQAModel()
+
+
+def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
+    """Run the whole tuning; returns the provenance record (also written unless dry run)."""
+    import defense
+
+    if args.rounds < 1 or args.batch_size < 1 or args.linearity_repeats < 1:
+        raise ValueError("--rounds, --batch-size and --linearity-repeats must be >= 1")
+    if not args.budget > 0:
+        raise ValueError(f"--budget must be > 0 Linearity forwards, got {args.budget}")
+    if not args.no_plot:
+        from scripts.comparison_plots import require_matplotlib
+
+        require_matplotlib()
+    space = parse_space(args.space) if args.space else dict(DEFAULT_SPACE)
+    start = (
+        PROVISIONAL_DEFAULTS.replace(**json.loads(args.start))
+        if args.start
+        else PROVISIONAL_DEFAULTS
+    )
+    device = torch.device(args.device)
+    weights = resolve_weights(args.weights, defense.WEIGHTS_DIR)
+    data = args.data or default_data_dir()
+    metric = harness.load_metric(args.checkpoint_dir, device)
+    if not args.no_build:
+        build_tuning_set(
+            data / "clean" / "train",
+            args.tuning_dir,
+            metric,
+            images=_names(args.images),
+            attacks=_names(args.attacks),
+            crop=args.crop,
+            seed=TUNING_SEED,
+            device=device,
+            progress=not args.no_progress,
+        )
+    pairs = select_pairs(harness.collect_pairs(args.tuning_dir), args.limit)
+    check_not_public(pairs, data / "clean" / "eval")
+    linearity = linearity_seconds(
+        {image_hw(p.attacked) for p in pairs}, reference_model(), args.linearity_repeats, device
+    )
+
+    baselines = {}
+    for name in ("none", *CLASSICAL):
+        run = run_defense(
+            name,
+            build_defense(name, device),
+            pairs,
+            metric,
+            linearity,
+            batch_size=args.batch_size,
+            device=device,
+            progress=False,
+        )
+        baselines[name] = figures(run)
+    min_quality = baselines["none"]["quality"]
+    logger.info("undefended Quality on the tuning set: %.4f", min_quality)
+
+    def make(config: PurifierConfig):
+        return defense.Defense(device, config=config, weights=weights, seed=args.seed)
+
+    tuner = Tuner(
+        pairs,
+        metric,
+        linearity,
+        make,
+        budget=args.budget,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+    )
+    try:
+        if args.search == "grid":
+            tuner.grid_search(space, start, args.max_trials)
+        else:
+            tuner.coordinate_search(start, space, min_quality, args.rounds, args.max_trials)
+    finally:
+        tuner.close()
+    trials = list(tuner.trials.values())
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "trials.json").write_text(
+        json.dumps(json_ready([t.to_dict() for t in trials]), indent=1) + "\n"
+    )
+    best, quality_met = choose(trials, args.budget, min_quality)
+    if not args.no_plot:
+        from scripts.comparison_plots import draw_pareto
+
+        pareto = draw_pareto(
+            trials,
+            args.pareto or args.output_dir / "pareto.png",
+            budget=args.budget,
+            min_quality=min_quality,
+            chosen=best,
+            baselines=baselines,
+        )
+        print(f"wrote {pareto}")
+    settings = args.tuning_dir / "attacks.json"
+    provenance = {
+        "defaults": best.config.to_dict(),
+        "objective": OBJECTIVE,
+        "budget_linearity_forwards": args.budget,
+        "quality_floor": min_quality,
+        "quality_floor_met": quality_met,
+        "figures": best.to_dict(),
+        "baselines": baselines,
+        "tuning_set": {
+            "dir": str(args.tuning_dir),
+            "references": sorted({p.reference.name for p in pairs}),
+            "attacks": sorted({p.attack for p in pairs}),
+            "pairs": len(pairs),
+            "make_dataset": json.loads(settings.read_text()) if settings.is_file() else None,
+        },
+        "search": {
+            "method": args.search,
+            "space": {k: list(v) for k, v in space.items()},
+            "start": start.to_dict(),
+            "rounds": args.rounds,
+            "trials_run": sum(not t.skipped for t in trials),
+            "trials_skipped": sum(t.skipped for t in trials),
+        },
+        "linearity_seconds": {f"{h}x{w}": s for (h, w), s in sorted(linearity.items())},
+        "metric": getattr(metric, "name", type(metric).__name__),
+        "weights": str(weights),
+        "seed": args.seed,
+        "command": shlex.join(
+            ["python", "scripts/tune.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+    }
+    return provenance
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        provenance = tune(args, argv)
+        if not args.dry_run:
+            config = PurifierConfig(**provenance["defaults"])
+            paths = write_defaults(config, args.output, provenance)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"tune.py: error: {err}") from err
+    figures_ = provenance["figures"]
+    print(json.dumps(provenance["defaults"]))
+    print(
+        f"gain {figures_['gain']:.3f} %, clean gain {figures_['clean_gain']:.3f} %, "
+        f"quality {figures_['quality']:.4f} (floor {provenance['quality_floor']:.4f}, "
+        f"{'met' if provenance['quality_floor_met'] else 'NOT met'}), "
+        f"time {figures_['time_ratio']:.3f}x Linearity"
+    )
+    if args.dry_run:
+        print("dry run: no defaults written")
+    else:
+        print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Tuning the purifier's knobs: the tuning set, the search space, trials and the objective.
+
+The tuning set is made from clean/train photos (never the public benchmark ``clean/eval``) by
+``scripts/make_dataset.py``: ``TUNING_IMAGES`` centre-cropped to ``TUNING_CROP`` px and
+attacked with ``TUNING_ATTACKS`` (one attack per family). Every trial scores one
+``PurifierConfig`` with ``test.py``'s ``evaluate``/``aggregate`` on the attacked images and on
+the clean references, with a fixed seed (common random numbers across trials), and times it
+against one Linearity forward on the same image sizes.
+
+Objective (``OBJECTIVE``): among the configurations measured at most ``budget`` Linearity
+forwards per image whose attacked-image Quality is at least the undefended attacked Quality,
+minimise Gain on attacked images + Gain on clean images (both in %); ties go to the higher
+Quality, then the faster. If none reaches that Quality, the lowest objective within the budget
+is taken and the shortfall is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from image_io import list_images
+from purifier import PurifierConfig, load_default_config
+from schedulers import nearest_ddim_t_star
+from scripts.benchmarking import TIME_RATIO, DefenseRun, json_ready, run_defense
+
+logger = logging.getLogger(__name__)
+
+# 12 clean/train photos (9 BSDS500, 3 Sun-Hays), chosen evenly from the sorted listing.
+TUNING_IMAGES = (
+    "bsds_101027.jpg",
+    "bsds_128035.jpg",
+    "bsds_159091.jpg",
+    "bsds_189006.jpg",
+    "bsds_228076.jpg",
+    "bsds_271008.jpg",
+    "bsds_35008.jpg",
+    "bsds_42044.jpg",
+    "bsds_69022.jpg",
+    "sunhays_baseball_field_sun_astiuxzpytnbrwxr.jpg",
+    "sunhays_fountain_sun_atybswifcirkporj.jpg",
+    "sunhays_skyscraper_sun_bmqtqkyurjjefkjj.jpg",
+)
+# One attack per family: iterative sign gradient, adaptive momentum, MAD competition,
+# perceptual (Korhonen), SSIM-constrained, colour filter, semantic (SSAH).
+TUNING_ATTACKS = ("ifgsm", "amifgsm", "madc", "korhonen", "zhang-ssim", "adv-cf", "ssah")
+TUNING_CROP = 384  # BSDS 481x321 -> 384x321 / 321x384; Sun-Hays -> 384x384
+TUNING_SEED = 0
+SOURCES = "sources"
+
+DEFAULT_SPACE: dict[str, tuple[Any, ...]] = {
+    "t_star": (20, 40, 60, 80, 100, 150),
+    "steps": (1, 2, 3, 4),
+    "sampler": ("ddpm", "ddim"),
+    "ensemble": (1, 2),
+    "unsharp_amount": (0.0, 0.5, 1.0),
+}
+KNOBS = tuple(f.name for f in dataclasses.fields(PurifierConfig))
+SKIP_MARGIN = 1.5
+"""Configurations whose estimated time exceeds ``SKIP_MARGIN x budget`` are not run."""
+
+OBJECTIVE = (
+    "minimise Gain(attacked) + Gain(clean) [%] subject to time per image <= budget x one "
+    "Linearity forward and Quality(attacked) >= undefended Quality(attacked); ties: higher "
+    "Quality, then faster; if no configuration reaches that Quality, the lowest objective "
+    "within the budget (shortfall recorded)"
+)
+
+
+# --- the tuning set -----------------------------------------------------------------------
+
+
+def build_tuning_set(
+    clean_dir: str | Path,
+    out_dir: str | Path,
+    metric: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    images: Sequence[str] = TUNING_IMAGES,
+    attacks: Sequence[str] = TUNING_ATTACKS,
+    crop: int | None = TUNING_CROP,
+    seed: int = TUNING_SEED,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Attack ``images`` of ``clean_dir`` into ``out_dir`` (cached: finished files are kept).
+
+    The chosen photos are linked (copied where links fail) into ``out_dir/sources`` and handed
+    to ``make_dataset``; the result has the competition layout. Returns ``out_dir``.
+    """
+    from scripts.make_dataset import make_dataset
+
+    clean_dir, out_dir = Path(clean_dir), Path(out_dir)
+    if not images:
+        raise ValueError("no tuning images given")
+    sources = out_dir / SOURCES
+    sources.mkdir(parents=True, exist_ok=True)
+    for name in images:
+        source = clean_dir / name
+        if not source.is_file():
+            raise ValueError(f"tuning image {source} does not exist")
+        link = sources / name
+        if link.is_symlink() or link.exists():
+            continue
+        try:
+            link.symlink_to(source.resolve())
+        except OSError:
+            shutil.copy2(source, link)
+    make_dataset(
+        sources,
+        out_dir,
+        metric,
+        attacks=list(attacks),
+        seed=seed,
+        crop=crop,
+        device=device,
+        progress=progress,
+    )
+    return out_dir
+
+
+def check_not_public(pairs: Sequence[Any], public_dir: str | Path | None) -> None:
+    """``ValueError`` if a tuning reference shares its name with an image of ``public_dir``
+    (the public benchmark, ``clean/eval``): the tuner must never see those."""
+    if public_dir is None or not Path(public_dir).is_dir():
+        return
+    public = {p.stem for p in list_images(public_dir)}
+    shared = sorted({p.reference.stem for p in pairs} & public)
+    if shared:
+        raise ValueError(
+            f"the tuning set holds public-benchmark images {shared[:5]} (from {public_dir}): "
+            "tune on clean/train photos only"
+        )
+
+
+# --- the search space ---------------------------------------------------------------------
+
+
+def parse_space(space: str | Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """A search space from a mapping or JSON text: knob name -> non-empty list of values."""
+    if isinstance(space, str):
+        try:
+            space = json.loads(space)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the search space is not valid JSON: {err}") from err
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError("the search space must be a non-empty object: knob -> list of values")
+    parsed = {}
+    for knob, values in space.items():
+        if knob not in KNOBS:
+            raise ValueError(f"unknown knob {knob!r} in the search space; knobs: {KNOBS}")
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"the search space must list values for {knob}, got {values!r}")
+        parsed[knob] = tuple(values)
+    return {knob: parsed[knob] for knob in KNOBS if knob in parsed}
+
+
+def normalise(config: PurifierConfig, **changes: Any) -> PurifierConfig | None:
+    """``config`` with ``changes``, made runnable: DDIM gets uniform spacing and the nearest
+    ``t_star`` its grid allows. None if the result is still invalid (e.g. steps > t_star+1)."""
+    values = {**config.to_dict(), **changes}
+    if values["sampler"] == "ddim":
+        values["spacing"] = "uniform"
+        try:
+            values["t_star"] = nearest_ddim_t_star(values["t_star"], values["steps"])
+        except ValueError:
+            return None
+    try:
+        return PurifierConfig(**values)
+    except ValueError:
+        return None
+
+
+def network_calls(config: PurifierConfig) -> int:
+    """Denoiser evaluations per image: ``steps x ensemble``."""
+    return config.steps * config.ensemble
+
+
+def grid_candidates(
+    space: Mapping[str, Sequence[Any]], base: PurifierConfig
+) -> list[PurifierConfig]:
+    """Every runnable combination of ``space`` (other knobs from ``base``), without repeats,
+    cheapest first."""
+    combos: list[dict[str, Any]] = [{}]
+    for knob, values in space.items():
+        combos = [{**c, knob: v} for c in combos for v in values]
+    configs = [normalise(base, **combo) for combo in combos]
+    unique = list(dict.fromkeys(c for c in configs if c is not None))
+    return sorted(unique, key=network_calls)
+
+
+# --- trials -------------------------------------------------------------------------------
+
+
+@dataclass
+class Trial:
+    """Figures of one configuration on the tuning set (NaN where not run).
+
+    ``gain``/``quality``/``srcc``: attacked images, All Attacks; ``clean_*``: the clean
+    references through the purifier; ``time_ratio``: seconds per attacked image over one
+    Linearity forward. ``skipped``: not run because ``estimated_ratio`` was over budget.
+    """
+
+    config: PurifierConfig
+    gain: float = math.nan
+    quality: float = math.nan
+    srcc: float = math.nan
+    clean_gain: float = math.nan
+    clean_quality: float = math.nan
+    time_ratio: float = math.nan
+    estimated_ratio: float | None = None
+    skipped: bool = False
+
+    @property
+    def objective(self) -> float:
+        return self.gain + self.clean_gain
+
+    def to_dict(self) -> dict[str, Any]:
+        figures = {k: v for k, v in dataclasses.asdict(self).items() if k != "config"}
+        return {"config": self.config.to_dict(), **figures, "objective": self.objective}
+
+
+def figures(run: DefenseRun) -> dict[str, float]:
+    """The tuner's figures from a ``DefenseRun``."""
+    total, clean = run.total(), run.clean_row()
+    return {
+        "gain": total["Gain Score"],
+        "quality": total["Quality Score"],
+        "srcc": total["SRCC"],
+        "clean_gain": clean["Gain Score"],
+        "clean_quality": clean["Quality Score"],
+        "time_ratio": total[TIME_RATIO],
+    }
+
+
+def choose(trials: Iterable[Trial], budget: float, min_quality: float) -> tuple[Trial, bool]:
+    """The best trial by ``OBJECTIVE`` and whether it meets the Quality floor.
+
+    ``ValueError`` if no trial was measured within ``budget``.
+    """
+    within = [
+        t for t in trials if not t.skipped and t.time_ratio <= budget and math.isfinite(t.objective)
+    ]
+    if not within:
+        raise ValueError(
+            f"no configuration ran within the budget of {budget:g} Linearity forwards per "
+            "image: raise --budget or search cheaper settings (fewer steps, no ensemble)"
+        )
+    good = [t for t in within if t.quality >= min_quality]
+    pool = good or within
+    best = min(pool, key=lambda t: (t.objective, -t.quality, t.time_ratio))
+    return best, bool(good)
+
+
+def pareto_front(trials: Iterable[Trial]) -> list[Trial]:
+    """Measured trials not dominated in (lower gain, higher quality), by increasing gain."""
+    measured = [t for t in trials if not t.skipped and math.isfinite(t.objective)]
+    front = [
+        t
+        for t in measured
+        if not any(
+            o.gain <= t.gain
+            and o.quality >= t.quality
+            and (o.gain, o.quality) != (t.gain, t.quality)
+            for o in measured
+        )
+    ]
+    return sorted(front, key=lambda t: t.gain)
+
+
+class Tuner:
+    """Runs and caches trials on the tuning ``pairs``; skips configurations estimated over
+    ``SKIP_MARGIN x budget`` (estimate: measured time per network call x calls).
+
+    ``make_defense(config)`` builds the defense of one configuration (a seeded
+    ``defense.Defense`` in the CLI).
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Any],
+        metric: Callable[[torch.Tensor], torch.Tensor],
+        linearity: Mapping[tuple[int, int], float],
+        make_defense: Callable[[PurifierConfig], Any],
+        *,
+        budget: float,
+        batch_size: int = 1,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> None:
+        if not budget > 0:
+            raise ValueError(f"budget must be > 0 Linearity forwards, got {budget}")
+        self.pairs = list(pairs)
+        self.metric = metric
+        self.linearity = linearity
+        self.make_defense = make_defense
+        self.budget = budget
+        self.batch_size = batch_size
+        self.device = device
+        self.trials: dict[PurifierConfig, Trial] = {}
+        self.bar = tqdm(desc="trials", unit="config", disable=not progress)
+
+    def estimate(self, config: PurifierConfig) -> float | None:
+        """Estimated time ratio of ``config`` from the trials run so far (None before any)."""
+        per_call = [
+            t.time_ratio / network_calls(t.config) for t in self.trials.values() if not t.skipped
+        ]
+        if not per_call:
+            return None
+        return sorted(per_call)[len(per_call) // 2] * network_calls(config)
+
+    def trial(self, config: PurifierConfig) -> Trial:
+        """The cached or newly run trial of ``config``."""
+        if config in self.trials:
+            return self.trials[config]
+        estimate = self.estimate(config)
+        if estimate is not None and estimate > SKIP_MARGIN * self.budget:
+            trial = Trial(config, estimated_ratio=estimate, skipped=True)
+            logger.info("skip %s: estimated %.2fx > %.2fx", config, estimate, self.budget)
+        else:
+            run = run_defense(
+                "ddpm",
+                self.make_defense(config),
+                self.pairs,
+                self.metric,
+                self.linearity,
+                batch_size=self.batch_size,
+                device=self.device,
+                progress=False,
+            )
+            trial = Trial(config, estimated_ratio=estimate, **figures(run))
+            self.bar.set_postfix_str(
+                f"t*={config.t_star} steps={config.steps} gain={trial.gain:.2f} "
+                f"Q={trial.quality:.3f} time={trial.time_ratio:.2f}x"
+            )
+        self.trials[config] = trial
+        self.bar.update(1)
+        return trial
+
+    def best(self, min_quality: float) -> Trial | None:
+        try:
+            return choose(self.trials.values(), self.budget, min_quality)[0]
+        except ValueError:
+            return None
+
+    def coordinate_search(
+        self,
+        start: PurifierConfig,
+        space: Mapping[str, Sequence[Any]],
+        min_quality: float,
+        rounds: int = 2,
+        max_trials: int | None = None,
+    ) -> None:
+        """Vary one knob at a time around the best configuration so far, ``rounds`` times
+        (stopping early when a round changes nothing) or until ``max_trials`` have run."""
+        current = normalise(start) or start
+        self.trial(current)
+        for _ in range(rounds):
+            before = current
+            for knob, values in space.items():
+                for value in values:
+                    if max_trials is not None and len(self.trials) >= max_trials:
+                        return
+                    candidate = normalise(current, **{knob: value})
+                    if candidate is not None:
+                        self.trial(candidate)
+                best = self.best(min_quality)
+                current = best.config if best is not None else current
+            if current == before:
+                return
+
+    def grid_search(
+        self,
+        space: Mapping[str, Sequence[Any]],
+        base: PurifierConfig,
+        max_trials: int | None = None,
+    ) -> None:
+        """Every combination of ``space`` (cheapest first), up to ``max_trials``."""
+        for config in grid_candidates(space, base):
+            if max_trials is not None and len(self.trials) >= max_trials:
+                return
+            self.trial(config)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --- writing the defaults -----------------------------------------------------------------
+
+
+def provenance_path(defaults_path: str | Path) -> Path:
+    """Where the tuning record of a defaults file goes: ``defaults.provenance.json`` beside it."""
+    path = Path(defaults_path)
+    return path.with_name(f"{path.stem}.provenance.json")
+
+
+def _write_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_defaults(
+    config: PurifierConfig, path: str | Path, provenance: Mapping[str, Any]
+) -> tuple[Path, Path]:
+    """Write ``config``'s knobs to ``path`` (the flat object ``purifier.config`` reads,
+    checked by reading it back) and ``provenance`` beside it; returns both paths."""
+    path = Path(path)
+    text = json.dumps(config.to_dict(), indent=2) + "\n"
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = Path(scratch) / "defaults.json"
+        probe.write_text(text)
+        if load_default_config(probe) != config:
+            raise ValueError(f"{config} does not survive a round trip through defaults.json")
+    record = provenance_path(path)
+    _write_atomic(json.dumps(json_ready(dict(provenance)), indent=2) + "\n", record)
+    _write_atomic(text, path)
+    return path, record
