@@ -19,7 +19,15 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 class Defense:
     """Purify float ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device.
 
-    Any batch size and ``H x W``. Knobs left as None take their default from
+    Any batch size ``B >= 1`` and any ``H x W`` (1 x 1 and odd sizes too: the denoiser pads
+    internally). Any float dtype: the denoiser runs in float32 and the result is cast back
+    (float64 in, float64 out). Anything else raises ``ValueError`` naming the problem and the
+    fix (``image_checks``): uint8 (divide by 255), 1 or 4 channels (tensors are never
+    converted silently), a missing batch axis, NaN/Inf, values outside [0, 1], an empty batch.
+    Whole images are processed at once: memory grows with the pixel count, about 330 bytes
+    per pixel without autograd (~4 GB for a 4000 x 3000 photo) and about 2.3 KB per pixel
+    with autograd; for large photos use ``purifier.tiled_apply`` or ``scripts/purify.py``,
+    which tile. Knobs left as None take their default from
     ``purifier/defaults.json`` if present, else ``purifier.PROVISIONAL_DEFAULTS``
     (t_star=60, steps=2, ddpm, uniform spacing, ensemble=1, no unsharp masking; provisional
     until the tuner writes ``defaults.json``). See ``purifier.PurifierConfig`` for each knob.
@@ -77,5 +85,6 @@ class Defense:
         )
 
     def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
-        """Purified copy of float ``(B, 3, H, W)`` images in [0, 1] (ValueError otherwise)."""
+        """Purified copy of float ``(B, 3, H, W)`` images in [0, 1]: same shape, dtype and
+        device, values in [0, 1]. ``ValueError`` for any other input (see the class doc)."""
         return self.purifier(images)

@@ -1,7 +1,10 @@
 """Image files <-> float tensors in [0, 1], without torchvision.
 
-``load_image`` gives ``(3, H, W)`` float32 in [0, 1] (grey and RGBA are converted to RGB);
-``save_image`` writes a ``(3, H, W)`` tensor atomically (temp file + rename), lossless for PNG.
+``load_image`` gives ``(3, H, W)`` float32 in [0, 1] (grey is replicated to RGB, alpha is
+dropped, palette and CMYK images are converted); ``save_image`` writes a ``(3, H, W)`` tensor
+atomically: to a hidden temp file ``.<name>.<random>.part`` beside the target, then renamed,
+so a reader never sees a partial image; ``temp_file_target`` recognises the temp files a
+killed writer left behind.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+TEMP_SUFFIX = ".part"
+# What PIL raises for a file it cannot decode. DecompressionBombError (more than twice
+# Image.MAX_IMAGE_PIXELS pixels) derives from Exception only, so it is named explicitly.
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    SyntaxError,
+    ValueError,
+)
 
 
 class ImageReadError(ValueError):
@@ -30,7 +43,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         with Image.open(path) as img:
             img.load()
             array = _to_rgb_array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
 
@@ -55,7 +68,7 @@ def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(to_uint8(image))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -67,6 +80,20 @@ def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def temp_file_target(path: str | Path) -> Path | None:
+    """The file an interrupted ``save_image`` was writing when it left the temp file ``path``
+    (``.<name>.<random>.part`` -> ``<name>`` in the same folder); None for any other name."""
+    path = Path(path)
+    name = path.name
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    target, _, random_part = name[1 : -len(TEMP_SUFFIX)].rpartition(".")
+    # tempfile's random parts are 8 letters, digits and underscores.
+    if not target or len(random_part) != 8 or not random_part.replace("_", "").isalnum():
+        return None
+    return path.with_name(target)
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:

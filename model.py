@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from image_checks import check_images  # also imported from here by older callers
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent
@@ -149,23 +151,6 @@ class CheckpointError(ValueError):
     """A metric checkpoint is missing, unreadable or does not match the model."""
 
 
-def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """Raise ``ValueError`` unless ``images`` is a float ``(B, 3, H, W)`` tensor in [0, 1]."""
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
-    if images.numel() == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-
-
 def _read_checkpoint(path: Path, device: torch.device | str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"metric checkpoint not found: {path}")
@@ -272,7 +257,9 @@ class MetricModel(nn.Module):
         self.to(self.device)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Score float ``(B, 3, H, W)`` images in [0, 1]; returns ``(B, 1)``, higher = better."""
+        """Score float ``(B, 3, H, W)`` images in [0, 1] (any float dtype, any ``H, W >= 1``);
+        returns float32 ``(B, 1)``, higher = better. ``ValueError`` for anything else (see
+        ``image_checks``: no silent grey/RGBA/uint8 conversion)."""
         check_images(image, "image")
         x = (image.to(self.mean.dtype) - self.mean) / self.std
         return self.model(x)[-1] * self.k[0] + self.b[0]

@@ -46,13 +46,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy.stats import ConstantInputWarning, spearmanr
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
 from defenses.registry import DEFAULT_DEFENSE, DEFENSES, PurifyingDefense, make_defense
-from image_io import ImageReadError, list_images, load_image
+from image_io import DECODE_ERRORS, ImageReadError, list_images, load_image
 from model import CHECKPOINT_NAME, MetricModel, check_images
 
 logger = logging.getLogger("test")
@@ -103,10 +103,13 @@ class ImageRecord:
 def collect_pairs(data_dir: str | Path) -> list[ImagePair]:
     """Pair every ``attacked/<attack>/<image>`` with ``reference/<image>``, sorted by attack, name.
 
-    Raises ``ValueError`` naming the offending path when a folder is missing, an attack folder
-    holds no image, images sit directly in ``attacked/``, or a reference is missing.
+    Raises ``ValueError`` naming the offending path when ``data_dir`` or one of its two
+    folders is missing, an attack folder holds no image, images sit directly in ``attacked/``,
+    or a reference is missing.
     """
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ValueError(f"data folder {data_dir} does not exist or is not a folder")
     attacked_dir, reference_dir = data_dir / "attacked", data_dir / "reference"
     for folder in (attacked_dir, reference_dir):
         if not folder.is_dir():
@@ -182,7 +185,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as err:
+    except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
 
 

@@ -69,7 +69,9 @@ class DiffusionPurifier:
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Purified copy of ``images`` (float ``(B, 3, H, W)`` in [0, 1]); ValueError otherwise."""
+        """Purified copy of ``images`` (float ``(B, 3, H, W)`` in [0, 1], any float dtype, any
+        ``H, W >= 1``): same shape, dtype and device. ``ValueError`` naming the problem for
+        anything else (``image_checks.check_images``: nothing is converted silently)."""
         check_images(images)
         generator = self.generator if generator is None else generator
         x = images.to(self.device)

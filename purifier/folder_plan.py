@@ -1,10 +1,12 @@
 """Plan the purification of a folder: which file goes where, what is skipped, what is batched.
 
 Rules: the input folder is walked recursively for ``image_io.IMAGE_EXTENSIONS`` files (hidden
-files ignored); each output keeps its relative path and name, with suffix ``.png`` unless the
-format is kept. The output folder may not be the input folder or lie inside it, no output may
-land on an input file, two inputs may not map to one output (the first in sorted order wins),
-and existing outputs are skipped unless overwriting (so an interrupted run resumes).
+files, such as the ``.part`` temp files of an interrupted write, are ignored); each output keeps
+its relative path and name, with suffix ``.png`` unless the format is kept. The output folder
+may not be the input folder or lie inside it, no output may land on an input file or (through
+a symlink) inside the input folder, two inputs may not map to one output (the first in sorted
+order wins), and existing outputs are skipped unless overwriting (so an interrupted run
+resumes). Each job carries its source's path relative to the input folder (``Job.key``).
 """
 
 from __future__ import annotations
@@ -13,19 +15,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from image_io import IMAGE_EXTENSIONS, list_images
+from image_io import DECODE_ERRORS, IMAGE_EXTENSIONS, list_images
 
 DEFAULT_SUFFIX = ".png"
 
 
 @dataclass(frozen=True)
 class Job:
-    """Purify ``source`` into ``target``."""
+    """Purify ``source`` into ``target``; ``key`` is ``source`` relative to the input folder
+    (POSIX), stable across runs and machines."""
 
     source: Path
     target: Path
+    key: str
 
 
 @dataclass
@@ -68,14 +72,19 @@ def plan_folder(
 ) -> FolderPlan:
     """The plan for purifying ``in_dir`` into ``out_dir`` (see the module docstring)."""
     in_dir, out_dir = check_folders(in_dir, out_dir)
-    sources = [p.resolve() for p in list_images(in_dir, recursive=True)]
-    inputs = set(sources)
+    # Named by where they sit in in_dir (a symlink may point outside it); compared resolved.
+    sources = list_images(in_dir, recursive=True)
+    inputs = {p.resolve() for p in sources}
     plan = FolderPlan(ignored=_non_images(in_dir))
     claimed: dict[Path, Path] = {}
     for source in sources:
-        job = Job(source, output_path(source, in_dir, out_dir, keep_format))
-        if job.target.resolve() in inputs:
+        key = source.relative_to(in_dir).as_posix()
+        job = Job(source, output_path(source, in_dir, out_dir, keep_format), key)
+        written_to = job.target.resolve()
+        if written_to in inputs:
             plan.rejected.append((job, f"its output {job.target} is an input file"))
+        elif written_to.is_relative_to(in_dir):
+            plan.rejected.append((job, f"its output {job.target} lies inside the input folder"))
         elif job.target in claimed:
             plan.rejected.append((job, f"{claimed[job.target]} already writes {job.target}"))
         else:
@@ -92,7 +101,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     return height, width
 

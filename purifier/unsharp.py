@@ -4,6 +4,9 @@ Unsharp masking after purification follows Gushchin et al., "Adversarial purific
 no-reference image-quality metrics: applicability study and new methods" (arXiv:2404.06957,
 2024), where DiffPure followed by unsharp masking preserved Linearity's rank correlation
 with subjective quality best.
+
+Plain ``reshape`` rather than einops here: this module ships in the competition bundle
+(``scripts/export_submission.py``), whose runtime needs only torch and diffusers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 
 def gaussian_kernel1d(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -35,11 +37,11 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     half = kernel.numel() // 2
     height, width = images.shape[-2:]
     mode = "reflect" if half < height and half < width else "replicate"
-    x = rearrange(images, "b c h w -> (b c) 1 h w")
+    x = images.reshape(batch * channels, 1, height, width)  # every channel a 1-channel image
     x = F.pad(x, (half, half, half, half), mode=mode)
-    x = F.conv2d(x, rearrange(kernel, "k -> 1 1 1 k"))
-    x = F.conv2d(x, rearrange(kernel, "k -> 1 1 k 1"))
-    return rearrange(x, "(b c) 1 h w -> b c h w", b=batch, c=channels)
+    x = F.conv2d(x, kernel.reshape(1, 1, 1, -1))  # along W
+    x = F.conv2d(x, kernel.reshape(1, 1, -1, 1))  # along H
+    return x.reshape(batch, channels, height, width)
 
 
 def unsharp_mask(images: torch.Tensor, amount: float, radius: float) -> torch.Tensor:

@@ -1,0 +1,307 @@
+"""Files: atomic writes, inputs never touched, damaged and non-image files, resuming an
+interrupted purify run (with the temp files a crash leaves), and ``test.py``'s data layout."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import purifier.config
+from defenses import make_defense
+from image_io import ImageReadError, load_image, save_image, temp_file_target
+from paths import ROOT
+from purifier import DiffusionPurifier
+from purifier.folder_plan import plan_folder
+from scripts.purify import main as purify_main
+
+FAST = ["--t-star", "20", "--steps", "2", "--seed", "0"]
+
+
+@pytest.fixture(autouse=True)
+def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+
+
+def random_image(height: int, width: int, seed: int) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def three_images(root: Path) -> Path:
+    for i, name in enumerate(["a.png", "b.png", "c.png"]):
+        save_image(random_image(12, 10, i), root / name)
+    return root
+
+
+def purify(source: Path, out: Path, weights: Path, *extra: str) -> int:
+    return purify_main([str(source), str(out), "--weights", str(weights), *FAST, *extra])
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) -> its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files(folder).items()}
+
+
+ORIGINAL_SAVE = Image.Image.save
+
+
+def failing_save(fail_on: int, error: BaseException):
+    """A stand-in for ``PIL.Image.Image.save``: call number ``fail_on`` writes half an image,
+    then raises ``error``; the other calls save normally."""
+    calls = []
+
+    def save(image: Image.Image, fp, *args, **kwargs) -> None:
+        calls.append(fp)
+        if len(calls) != fail_on:
+            return ORIGINAL_SAVE(image, fp, *args, **kwargs)
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n half an image")
+        raise error
+
+    return save
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "x.png"
+    save_image(random_image(6, 6, 0), target)
+    before = target.read_bytes()
+    monkeypatch.setattr(Image.Image, "save", failing_save(1, OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_image(random_image(6, 6, 1), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_purify_write_failure_leaves_no_partial_output_and_resumes(
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+    error: BaseException,
+) -> None:
+    source, out = three_images(tmp_path / "in"), tmp_path / "out"
+    monkeypatch.setattr(Image.Image, "save", failing_save(2, error))
+    if isinstance(error, KeyboardInterrupt):  # a user's Ctrl-C stops the run, cleanly
+        with pytest.raises(KeyboardInterrupt):
+            purify(source, out, tiny_weights)
+        assert sorted(files(out)) == ["a.png"]
+    else:  # an OSError skips that image and goes on
+        assert purify(source, out, tiny_weights) == 1
+        assert "cannot write" in caplog.text and "disk full" in caplog.text
+        assert sorted(files(out)) == ["a.png", "c.png"]
+    assert all(load_image(out / name).shape == (3, 12, 10) for name in files(out))
+    monkeypatch.setattr(Image.Image, "save", ORIGINAL_SAVE)
+    done = len(files(out))
+    capsys.readouterr()
+    assert purify(source, out, tiny_weights) == 0
+    assert f"processed {3 - done}, skipped {done} (output exists)" in capsys.readouterr().out
+    assert sorted(files(out)) == ["a.png", "b.png", "c.png"]
+
+
+# --- resuming --------------------------------------------------------------------------------
+
+
+def test_resume_redoes_only_the_missing_output_and_cleans_crash_leftovers(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source, out = three_images(tmp_path / "in"), tmp_path / "out"
+    assert purify(source, out, tiny_weights) == 0
+    first = files(out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in first}
+    (out / "b.png").unlink()
+    # What a killed run leaves: temp files of the image it was writing and of a finished one,
+    # plus hidden files that only look similar and belong to someone else.
+    crash = [out / ".b.png.k3j_9x2q.part", out / ".a.png.zz81mn0p.part"]
+    others = [out / ".b.png.part", out / "b.png.abc.part", out / ".b.png.a.b.part.bak"]
+    for path in crash + others:
+        path.write_bytes(b"partial")
+    (source / ".a.png.q1w2e3r4.part").write_bytes(b"a crashed write inside the input folder")
+    capsys.readouterr()
+    assert purify(source, out, tiny_weights) == 0
+    summary = capsys.readouterr().out
+    assert "processed 1, skipped 2 (output exists), failed 0, ignored 0" in summary
+    assert not any(path.exists() for path in crash)
+    assert all(path.exists() for path in others)
+    assert {name: files(out)[name] for name in first} == first  # b.png: same seed, same pixels
+    assert all((out / name).stat().st_mtime_ns == stamps[name] for name in ("a.png", "c.png"))
+
+
+def test_temp_file_target() -> None:
+    folder = Path("/some/folder")
+    assert temp_file_target(folder / ".x.png.ab_12cd3.part") == folder / "x.png"
+    assert temp_file_target(folder / ".x.y.png.ab12cd3z.part") == folder / "x.y.png"
+    for name in [".x.png.part", "x.png.ab12cd3z.part", ".x.png.ab-12.part", "..ab12.part", ".part"]:
+        assert temp_file_target(folder / name) is None, name
+
+
+# --- inputs are never touched ----------------------------------------------------------------
+
+
+def test_inputs_are_never_modified(tiny_weights: Path, tmp_path: Path) -> None:
+    source = three_images(tmp_path / "in")
+    save_image(random_image(8, 8, 5), source / "sub" / "d.jpg")
+    before = digest(source)
+    for extra in ([], ["--overwrite"], ["--keep-format", "--overwrite"], ["--batch-size", "3"]):
+        assert purify(source, tmp_path / "out", tiny_weights, *extra) == 0
+    assert digest(source) == before
+
+
+def test_an_output_symlinked_into_the_input_is_refused(
+    tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = three_images(tmp_path / "in")
+    save_image(random_image(8, 8, 5), source / "sub" / "d.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(source / "sub", target_is_directory=True)
+    before = digest(source)
+    with caplog.at_level(logging.WARNING):
+        assert purify(source, out, tiny_weights) == 1
+    assert "lies inside the input folder" in caplog.text
+    assert digest(source) == before
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png", "sub"]
+
+
+def test_a_symlinked_input_is_named_by_its_link(tiny_weights: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "real.png"
+    save_image(random_image(8, 8, 0), elsewhere)
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "link.png").symlink_to(elsewhere)
+    plan = plan_folder(source, tmp_path / "out")
+    assert [job.key for job in plan.jobs] == ["link.png"]
+    assert purify(source, tmp_path / "out", tiny_weights) == 0
+    assert sorted(files(tmp_path / "out")) == ["link.png"]
+
+
+# --- damaged and non-image files -------------------------------------------------------------
+
+
+def test_damaged_and_non_image_files_are_skipped(
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    source = tmp_path / "in"
+    save_image(random_image(8, 8, 0), source / "good.png")
+    save_image(random_image(30, 30, 1), source / "bomb.png")
+    save_image(random_image(12, 12, 2), source / "cut.jpg")
+    data = (source / "cut.jpg").read_bytes()
+    (source / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (source / "empty.png").write_bytes(b"")
+    (source / "text.jpg").write_text("not a picture")
+    (source / "folder.png").mkdir()
+    (source / "readme.md").write_text("notes")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # 30 x 30 > 2 x 400: a "bomb"
+    with caplog.at_level(logging.WARNING):
+        assert purify(source, tmp_path / "out", tiny_weights) == 1
+    assert sorted(files(tmp_path / "out")) == ["good.png"]
+    for name in ["bomb.png", "cut.jpg", "empty.png", "text.jpg", "readme.md"]:
+        assert name in caplog.text, name
+    assert "processed 1, skipped 0 (output exists), failed 4, ignored 1" in capsys.readouterr().out
+
+
+def test_load_image_reports_a_decompression_bomb(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save_image(random_image(30, 30, 1), tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
+    with pytest.raises(ImageReadError, match=r"cannot read image .*bomb\.png"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_a_failed_purification_skips_that_batch_only(
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = tmp_path / "in"
+    save_image(random_image(8, 8, 0), source / "small.png")
+    save_image(random_image(9, 9, 1), source / "odd.png")
+    original = DiffusionPurifier.__call__
+
+    def out_of_memory(self, images, generator=None):
+        if images.shape[-1] == 9:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return original(self, images, generator)
+
+    monkeypatch.setattr(DiffusionPurifier, "__call__", out_of_memory)
+    assert purify(source, tmp_path / "out", tiny_weights) == 1
+    assert "cannot purify" in caplog.text and "odd.png" in caplog.text
+    assert sorted(files(tmp_path / "out")) == ["small.png"]
+
+
+# --- test.py: data layout --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("harness_for_files", ROOT / "test.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_dataset(root: Path) -> Path:
+    for folder in ("reference", "attacked/fgsm"):
+        (root / folder).mkdir(parents=True)
+        Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(root / folder / "x.png")
+    return root
+
+
+def test_harness_names_a_missing_data_folder(harness: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"data folder .*nowhere does not exist"):
+        harness.collect_pairs(tmp_path / "nowhere")
+    argv = ["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="nowhere does not exist"):
+        harness.main(argv)
+
+
+def test_harness_ignores_non_images_and_hidden_files(harness: ModuleType, tmp_path: Path) -> None:
+    data = small_dataset(tmp_path / "data")
+    (data / "attacked" / "fgsm" / "notes.txt").write_text("x")
+    (data / "attacked" / "fgsm" / ".x.png.ab12cd34.part").write_bytes(b"x")
+    (data / "attacked" / ".DS_Store").write_bytes(b"x")
+    pairs = harness.collect_pairs(data)
+    assert [(p.attack, p.attacked.name) for p in pairs] == [("fgsm", "x.png")]
+
+
+@pytest.mark.parametrize("which", ["attacked/fgsm", "reference"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_harness_names_an_unreadable_image(
+    harness: ModuleType, tmp_path: Path, which: str, damage: str
+) -> None:
+    data = small_dataset(tmp_path / "data")
+    path = data / which / "x.png"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"garbage")
+    pairs = harness.collect_pairs(data)
+    identity = make_defense("none", torch.device("cpu"))
+    with pytest.raises(ValueError, match=rf"cannot read image .*{which}/x\.png"):
+        harness.evaluate(pairs, identity, lambda x: x.mean((1, 2, 3)), progress=False)
