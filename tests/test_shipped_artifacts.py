@@ -1,0 +1,92 @@
+"""The files the repo ships: released weights match their manifests and load; the demo sample
+is a complete attacked dataset that test.py scores end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion import load_denoiser, training_scheduler
+from image_io import list_images, load_image
+from model import MetricModel
+from paths import ROOT, WEIGHTS_DIR
+from weights_manifest import verify_manifest
+
+RELEASES = sorted(p for p in WEIGHTS_DIR.glob("*") if (p / "manifest.json").is_file())
+SAMPLE = ROOT / "samples" / "kodak-attacked"
+
+
+def test_weights_folders_are_released_with_a_manifest() -> None:
+    assert RELEASES, "no released weights under weights/"
+    for folder in WEIGHTS_DIR.iterdir():
+        if folder.is_dir():
+            assert (folder / "manifest.json").is_file(), f"{folder} has no manifest"
+
+
+@pytest.mark.parametrize("folder", RELEASES, ids=lambda p: p.name)
+def test_release_matches_its_manifest_and_stays_small(folder: Path) -> None:
+    manifest = verify_manifest(folder)
+    assert manifest["files"], folder
+    for name in manifest["files"]:
+        assert (folder / name).stat().st_size < 40 * 2**20, name
+
+
+def test_shipped_denoiser_loads_and_predicts_noise() -> None:
+    model, config = load_denoiser(WEIGHTS_DIR / "ddpm-v1", "cpu")
+    assert config["num_train_timesteps"] == 1000 and config["prediction_type"] == "epsilon"
+    reference = load_image(SAMPLE / "reference" / "kodim23.png")[None] * 2 - 1
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([56])
+    noisy = training_scheduler().add_noise(reference, noise, t)
+    with torch.no_grad():
+        eps = model(noisy, t)
+    assert eps.shape == noise.shape
+    assert torch.nn.functional.cosine_similarity(eps.flatten(), noise.flatten(), dim=0) > 0.9
+
+
+def test_standin_metric_is_the_default_and_prefers_clean_over_noisy() -> None:
+    metric = MetricModel("cpu")
+    assert metric.name == "standin" and metric.lower_better is False
+    reference = load_image(SAMPLE / "reference" / "kodim23.png")[None]
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
+    noisy = (reference + 0.2 * noise).clamp(0, 1)
+    with torch.no_grad():
+        clean_score, noisy_score = metric(torch.cat([reference, noisy])).flatten().tolist()
+    assert 0 < clean_score < 100 and noisy_score < clean_score
+
+
+def test_sample_has_every_attack_for_every_reference() -> None:
+    references = {p.name for p in list_images(SAMPLE / "reference")}
+    attacks = sorted(p for p in (SAMPLE / "attacked").iterdir() if p.is_dir())
+    settings = json.loads((SAMPLE / "attacks.json").read_text())
+    assert len(references) >= 3 and len(attacks) == 10, settings
+    for attack in attacks:
+        assert {p.name for p in list_images(attack)} == references, attack.name
+    size = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
+    assert size < 5 * 2**20
+
+
+def test_sample_attacks_raise_the_standin_score() -> None:
+    metric = MetricModel("cpu")
+    raised = []
+    for attack in sorted(p for p in (SAMPLE / "attacked").iterdir() if p.is_dir()):
+        names = [p.name for p in list_images(attack)]
+        attacked = torch.stack([load_image(attack / n) for n in names])
+        clean = torch.stack([load_image(SAMPLE / "reference" / n) for n in names])
+        with torch.no_grad():
+            raised.append((metric(attacked) - metric(clean)).mean().item() > 0)
+    assert all(raised)
+
+
+@pytest.mark.slow
+def test_harness_scores_the_sample_end_to_end(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "test.py"), "--data_dir", str(SAMPLE)]
+    command += ["--output_dir", str(tmp_path), "--device", "cpu", "--defense", "resize"]
+    subprocess.run([*command, "--no_progress"], check=True, cwd=ROOT, capture_output=True)
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + 10 + 1 and rows[-1].startswith("All Attacks")
