@@ -262,11 +262,17 @@ def test_bundle_runs_alone_and_matches_the_project(
         import importlib.util, os, sys
         for name in ("einops", "skimage", "scipy", "accelerate"):
             sys.modules[name] = None  # absent: importing them fails
+        # a machine where the project is pip-installed (editable) must not leak it in
+        sys.meta_path[:] = [
+            f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
+        ]
+        sys.path[:] = [p for p in sys.path if "__editable__" not in p and p != {str(ROOT)!r}]
         sys.path.insert(0, os.getcwd())  # as `python test.py` run from the bundle folder
         project = ("purifier", "diffusion", "schedulers", "weights_manifest", "paths", "defenses")
         found = [n for n in project if importlib.util.find_spec(n) is not None]
         assert not found, f"project modules importable: {{found}}"
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # same reduction order as the parent
         from defense import Defense
         os.chdir({str(elsewhere)!r})
         defense = Defense(device="cpu", seed=0)
