@@ -114,3 +114,9 @@ def load_default_config(path: str | Path | None = None) -> PurifierConfig:
         return PROVISIONAL_DEFAULTS.replace(**values)
     except ValueError as err:
         raise ValueError(f"bad purifier defaults in {path}: {err}") from err
+
+
+def config_from_options(options: object) -> PurifierConfig:
+    """The defaults with every knob that ``options`` (e.g. an argparse namespace) sets."""
+    knobs = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(PurifierConfig)}
+    return load_default_config().replace(**knobs)

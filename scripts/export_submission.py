@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import PurifierConfig, load_default_config, resolve_weights  # noqa: E402
+from purifier.config import config_from_options  # noqa: E402
 from purifier.weights import RELEASE_PATTERN  # noqa: E402
 from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 from scripts.submission_source import (  # noqa: E402
@@ -344,15 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = load_default_config().replace(
-            t_star=args.t_star,
-            steps=args.steps,
-            sampler=args.sampler,
-            spacing=args.spacing,
-            ensemble=args.ensemble,
-            unsharp_amount=args.unsharp_amount,
-            unsharp_radius=args.unsharp_radius,
-        )
+        config = config_from_options(args)
         bundle = export_submission(args.out, config, args.weights, args.zip, args.force)
     except (ExportError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"export_submission: error: {err}") from err

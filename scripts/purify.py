@@ -39,10 +39,10 @@ from purifier import (  # noqa: E402
     DiffusionPurifier,
     MissingWeightsError,
     PurifierConfig,
-    load_default_config,
     resolve_weights,
     tiled_apply,
 )
+from purifier.config import config_from_options  # noqa: E402
 from purifier.folder_plan import FolderPlan, Job, batches_by_size, plan_folder  # noqa: E402
 from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 
@@ -111,15 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        config = load_default_config().replace(
-            t_star=args.t_star,
-            steps=args.steps,
-            sampler=args.sampler,
-            spacing=args.spacing,
-            ensemble=args.ensemble,
-            unsharp_amount=args.unsharp_amount,
-            unsharp_radius=args.unsharp_radius,
-        )
+        config = config_from_options(args)
         plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
         weights = resolve_weights(args.weights, WEIGHTS_DIR)
         purifier = DiffusionPurifier.from_pretrained(weights, args.device, config, args.seed)
