@@ -106,6 +106,19 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
+def pixel_counts(jobs: Iterable[Job]) -> list[int]:
+    """Pixels (height x width, from the header) of each job's source, 0 if unreadable: the
+    relative cost of purifying it, used to balance the shards of a data-parallel run."""
+    counts = []
+    for job in jobs:
+        try:
+            height, width = image_size(job.source)
+        except ValueError:
+            height, width = 0, 0
+        counts.append(height * width)
+    return counts
+
+
 def batches_by_size(
     jobs: Iterable[Job], batch_size: int
 ) -> tuple[list[list[Job]], list[tuple[Job, str]]]:

@@ -11,6 +11,11 @@ files are skipped, so an interrupted run resumes where it stopped; each (attack,
 job has its own seed, so a resumed run writes what an uninterrupted one would have.
 ``OUT/attacks.json`` records the metric, seed, crop and each attack's hyper-parameters;
 a rerun with different settings is refused. Images are processed one at a time.
+
+Data-parallel: started N times by ``accelerate launch --multi_gpu --num_processes N`` (or
+``torchrun --nproc_per_node N``), each process attacks its own shard of the images (balanced
+by pixel count); the files are those of a single-process run, since every job's seed depends
+only on the run seed, the attack and the image name. One progress bar and one summary.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.uap import metric_tag  # noqa: E402
+from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from image_io import list_images, load_image, save_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 
@@ -54,6 +62,18 @@ class DatasetSummary:
 
     def mean_gains(self) -> dict[str, float]:
         return {k: sum(v) / len(v) for k, v in self.gains.items() if v}
+
+    @classmethod
+    def merged(cls, parts: Sequence[DatasetSummary]) -> DatasetSummary:
+        """The summary of several processes' runs (gains concatenated in process order)."""
+        total = cls()
+        for part in parts:
+            total.written += part.written
+            total.skipped += part.skipped
+            total.references += part.references
+            for name, gains in part.gains.items():
+                total.gains.setdefault(name, []).extend(gains)
+        return total
 
 
 def job_seed(seed: int, attack: str, name: str) -> int:
@@ -99,6 +119,19 @@ def select_images(input_dir: str | Path, limit: int | None) -> list[Path]:
     return paths
 
 
+def cropped_pixels(path: Path, crop: int | None) -> int:
+    """Pixels of ``path`` after ``center_crop`` (from the header; 0 if unreadable): the
+    relative cost of attacking it, used to balance the shards of a data-parallel run."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError):
+        return 0
+    return (height if crop is None else min(height, crop)) * (
+        width if crop is None else min(width, crop)
+    )
+
+
 def _write_json_atomic(data: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
@@ -106,8 +139,9 @@ def _write_json_atomic(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def record_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """Merge ``settings`` into ``OUT/attacks.json``; refuse if they contradict it."""
+def record_settings(out_dir: Path, settings: dict[str, Any], write: bool = True) -> None:
+    """Merge ``settings`` into ``OUT/attacks.json``; refuse if they contradict it. ``write=False``
+    only checks (the other processes of a data-parallel run: the main one writes)."""
     path = out_dir / SETTINGS_FILE
     old: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     for key in ("metric", "seed", "crop"):
@@ -124,7 +158,8 @@ def record_settings(out_dir: Path, settings: dict[str, Any]) -> None:
                 "use another output folder"
             )
         attacks[name] = desc
-    _write_json_atomic({**old, **settings, "attacks": attacks}, path)
+    if write:
+        _write_json_atomic({**old, **settings, "attacks": attacks}, path)
 
 
 def make_dataset(
@@ -139,11 +174,14 @@ def make_dataset(
     device: str | torch.device = "cpu",
     overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    state: PartialState | None = None,
 ) -> DatasetSummary:
     """Attack every image of ``input_dir`` with every named attack against ``metric``.
 
     ``metric``: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 1)`` on ``device``. ``overrides``
-    maps an attack name to constructor options. Returns what was written and skipped.
+    maps an attack name to constructor options. In a data-parallel run (``state`` of several
+    processes, default ``PartialState()``) this process attacks its shard of the images and
+    the main one shows progress. Returns what was written and skipped by all processes.
     """
     if crop is not None and crop < 1:
         raise ValueError(f"crop must be >= 1, got {crop}")
@@ -155,6 +193,7 @@ def make_dataset(
         built = {n: make_attack(n, metric, **overrides.get(n, {})) for n in names}
     except FileNotFoundError as err:
         raise ValueError(f"{err} (or leave uap out of the attacks)") from err
+    state = state if state is not None else PartialState()
     out_dir.mkdir(parents=True, exist_ok=True)
     record_settings(
         out_dir,
@@ -164,10 +203,18 @@ def make_dataset(
             "crop": crop,
             "attacks": {n: repr(a) for n, a in built.items()},
         },
+        write=state.is_main_process,
     )
+    if state.num_processes > 1:
+        costs = [cropped_pixels(p, crop) for p in paths]
+        paths = take_shard(paths, state.process_index, state.num_processes, costs)
     device = torch.device(device)
     summary = DatasetSummary(gains={n: [] for n in names})
-    bar = tqdm(total=len(paths) * len(names), desc="attacks", unit="img", disable=not progress)
+    show = progress and state.is_main_process
+    desc = (
+        "attacks" if state.num_processes == 1 else f"attacks (process 0 of {state.num_processes})"
+    )
+    bar = tqdm(total=len(paths) * len(names), desc=desc, unit="img", disable=not show)
     with bar:
         for path in paths:
             name = path.stem
@@ -198,6 +245,9 @@ def make_dataset(
                 summary.gains[attack_name].append(gain)
                 summary.written += 1
                 bar.update(1)
+    summary = DatasetSummary.merged(gather_objects(state, summary))
+    if not state.is_main_process:
+        return summary
     for attack_name, gain in summary.mean_gains().items():
         logger.info(
             "%s: mean score gain %+.3f on %d new images",
@@ -246,23 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> DatasetSummary:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    input_dir = args.input or (args.data or default_data_dir()) / "clean" / "eval"
-    metric = load_metric(args.device, args.metric_checkpoint)
-    summary = make_dataset(
-        input_dir,
-        args.out,
-        metric,
-        attacks=args.attacks,
-        seed=args.seed,
-        limit=args.limit,
-        crop=args.crop,
-        device=args.device,
-    )
-    print(
-        f"wrote {summary.written} attacked images and {summary.references} references, "
-        f"skipped {summary.skipped} finished ones -> {args.out}"
-    )
+    with process_group(args.device) as state:
+        level = logging.INFO if state.is_main_process else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        input_dir = args.input or (args.data or default_data_dir()) / "clean" / "eval"
+        device = process_device(state, args.device)
+        metric = load_metric(str(device), args.metric_checkpoint)
+        summary = make_dataset(
+            input_dir,
+            args.out,
+            metric,
+            attacks=args.attacks,
+            seed=args.seed,
+            limit=args.limit,
+            crop=args.crop,
+            device=device,
+            state=state,
+        )
+        if state.is_main_process:
+            print(
+                f"wrote {summary.written} attacked images and {summary.references} references, "
+                f"skipped {summary.skipped} finished ones -> {args.out}"
+            )
     return summary
 
 

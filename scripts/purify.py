@@ -15,6 +15,12 @@ one at a time), so a resumed or re-batched run writes the same pixels. Images la
 ``--tile`` are processed tile by tile with blended overlaps (memory stays that of one tile:
 about 150 MB at 512 px); ``--tile 0`` purifies whole images (about 330 bytes per pixel, ~4 GB
 for a 4000 x 3000 photo). Exit code 1 if any image failed, 2 if nothing could start.
+
+Data-parallel: started N times by ``accelerate launch --multi_gpu --num_processes N`` (or
+``torchrun --nproc_per_node N``), each process purifies its own shard of the files (balanced
+by pixel count) on its own device (``--device cuda`` -> ``cuda:<process index>``); one
+progress bar and one summary, on the main process. With ``--seed`` the outputs are those of a
+single-process run.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
@@ -43,7 +51,13 @@ from purifier import (  # noqa: E402
     tiled_apply,
 )
 from purifier.config import config_from_options  # noqa: E402
-from purifier.folder_plan import FolderPlan, Job, batches_by_size, plan_folder  # noqa: E402
+from purifier.folder_plan import (  # noqa: E402
+    FolderPlan,
+    Job,
+    batches_by_size,
+    pixel_counts,
+    plan_folder,
+)
 from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 
 logger = logging.getLogger("purify")
@@ -104,56 +118,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        config = config_from_options(args)
-        plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
-        weights = resolve_weights(args.weights, WEIGHTS_DIR)
-        purifier = DiffusionPurifier.from_pretrained(weights, args.device, config, args.seed)
-    except (ValueError, MissingWeightsError) as err:
-        logger.error("%s", err)
-        return 2
-    with logging_redirect_tqdm():
-        return run(args, plan, purifier)
+    with process_group(args.device) as state:
+        quiet = args.quiet or not state.is_main_process  # other processes: warnings only
+        logging.basicConfig(
+            level=logging.WARNING if quiet else logging.INFO,
+            format="%(asctime)s %(levelname)s %(message)s",
+        )
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        try:
+            config = config_from_options(args)
+            plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
+            weights = resolve_weights(args.weights, WEIGHTS_DIR)
+            device = process_device(state, args.device)
+            purifier = DiffusionPurifier.from_pretrained(weights, device, config, args.seed)
+        except (ValueError, MissingWeightsError) as err:
+            logger.error("%s", err)
+            return 2
+        with logging_redirect_tqdm():
+            return run(args, plan, purifier, state)
 
 
-def run(args: argparse.Namespace, plan: FolderPlan, purifier: DiffusionPurifier) -> int:
-    """Purify the planned jobs; log a summary; 0 if nothing failed, else 1."""
-    logger.info("%s; %d to do, %d already done", purifier, len(plan.jobs), len(plan.existing))
-    if plan.ignored:
-        names = ", ".join(str(p) for p in plan.ignored[:5])
-        more = f" and {len(plan.ignored) - 5} more" if len(plan.ignored) > 5 else ""
-        logger.warning("ignoring %d non-image file(s): %s%s", len(plan.ignored), names, more)
-    removed = remove_leftover_temp_files(plan.jobs + plan.existing)
-    if removed:
-        logger.info("removed %d temp file(s) left by an interrupted run", removed)
+def run(
+    args: argparse.Namespace,
+    plan: FolderPlan,
+    purifier: DiffusionPurifier,
+    state: PartialState | None = None,
+) -> int:
+    """Purify this process's shard of the planned jobs (all of them when alone); the main
+    process logs the plan and prints the summary of all processes. Every process returns 0 if
+    nothing failed in any process, else 1."""
+    state = state if state is not None else PartialState()
+    main_process, count = state.is_main_process, state.num_processes
+    if main_process:
+        logger.info("%s; %d to do, %d already done", purifier, len(plan.jobs), len(plan.existing))
+        if plan.ignored:
+            names = ", ".join(str(p) for p in plan.ignored[:5])
+            more = f" and {len(plan.ignored) - 5} more" if len(plan.ignored) > 5 else ""
+            logger.warning("ignoring %d non-image file(s): %s%s", len(plan.ignored), names, more)
+        removed = remove_leftover_temp_files(plan.jobs + plan.existing)
+        if removed:
+            logger.info("removed %d temp file(s) left by an interrupted run", removed)
+        for job, reason in plan.rejected:
+            logger.warning("skipping %s: %s", job.source, reason)
+    # Every process has planned (so all saw the same outputs on disk) and the stale temp files
+    # are gone before anyone writes.
+    state.wait_for_everyone()
+    jobs = plan.jobs
+    if count > 1:
+        jobs = take_shard(jobs, state.process_index, count, pixel_counts(jobs))
     failed = 0
-    for job, reason in plan.rejected:
-        logger.warning("skipping %s: %s", job.source, reason)
-        failed += 1
-    batches, unreadable = batches_by_size(plan.jobs, args.batch_size)
+    batches, unreadable = batches_by_size(jobs, args.batch_size)
     for _job, reason in unreadable:
         logger.warning("skipping %s", reason)
         failed += 1
     processed = 0
     started = time.perf_counter()
-    with tqdm(total=sum(len(b) for b in batches), unit="image", desc="purifying") as bar:
+    desc = "purifying" if count == 1 else f"purifying (process 0 of {count})"
+    total = sum(len(b) for b in batches)
+    with tqdm(total=total, unit="image", desc=desc, disable=not main_process) as bar:
         for batch in batches:
-            done = purify_batch(batch, purifier, args.tile, args.tile_overlap, args.seed)
+            done = purify_batch(
+                batch, purifier, args.tile, args.tile_overlap, args.seed, main_process
+            )
             processed += done
             failed += len(batch) - done
             bar.update(len(batch))
     seconds = time.perf_counter() - started
+    shards = gather_objects(state, (processed, failed, seconds))
+    processed = sum(done for done, _, _ in shards)
+    failed = sum(bad for _, bad, _ in shards) + len(plan.rejected)
+    seconds = max(wall for _, _, wall in shards)
     per_image = f"{seconds / processed:.2f} s/image" if processed else "n/a"
-    print(
-        f"processed {processed}, skipped {len(plan.existing)} (output exists), failed {failed}, "
-        f"ignored {len(plan.ignored)} non-image file(s); {per_image}"
-    )
+    if main_process:
+        print(
+            f"processed {processed}, skipped {len(plan.existing)} (output exists), "
+            f"failed {failed}, ignored {len(plan.ignored)} non-image file(s); {per_image}"
+            + (f" with {count} processes" if count > 1 else "")
+        )
     return 1 if failed else 0
 
 
@@ -180,11 +222,17 @@ def remove_leftover_temp_files(jobs: list[Job]) -> int:
 
 
 def purify_batch(
-    batch: list[Job], purifier: DiffusionPurifier, tile: int, overlap: int, seed: int | None = None
+    batch: list[Job],
+    purifier: DiffusionPurifier,
+    tile: int,
+    overlap: int,
+    seed: int | None = None,
+    progress: bool = True,
 ) -> int:
     """Load, purify and save one batch of same-size images; returns how many were written.
     Unreadable images, a failed purification and unwritable files are logged and left out.
-    With a ``seed``, each image is purified alone with a generator seeded by ``image_seed``."""
+    With a ``seed``, each image is purified alone with a generator seeded by ``image_seed``.
+    ``progress``: show a bar over the tiles of large images."""
     loaded: list[tuple[Job, torch.Tensor]] = []
     for job in batch:
         try:
@@ -197,10 +245,12 @@ def purify_batch(
         with torch.no_grad():
             if seed is None:
                 images = torch.stack([image for _, image in loaded])
-                purified = list(_purify(images, purifier, None, tile, overlap))
+                purified = list(_purify(images, purifier, None, tile, overlap, progress))
             else:
                 purified = [
-                    _purify(image[None], purifier, _generator(seed, job.key), tile, overlap)[0]
+                    _purify(
+                        image[None], purifier, _generator(seed, job.key), tile, overlap, progress
+                    )[0]
                     for job, image in loaded
                 ]
     except (RuntimeError, ValueError) as err:  # e.g. out of memory: the other batches go on
@@ -227,11 +277,13 @@ def _purify(
     generator: torch.Generator | None,
     tile: int,
     overlap: int,
+    progress: bool = True,
 ) -> torch.Tensor:
     def fn(x: torch.Tensor) -> torch.Tensor:
         return purifier(x, generator)
 
-    return tiled_apply(images, fn, tile, overlap, desc="tiles") if tile else fn(images)
+    desc = "tiles" if progress else None
+    return tiled_apply(images, fn, tile, overlap, desc=desc) if tile else fn(images)
 
 
 if __name__ == "__main__":

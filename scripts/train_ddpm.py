@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data_parallel import launched_without_gpus  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -285,6 +286,15 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     run_dir = args.run_dir or ROOT / "runs" / output.name
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
+    # Several launched processes (accelerate launch / torchrun) train data-parallel: each draws
+    # its own crops; only the main one logs info and writes weights.
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        project_dir=str(run_dir),
+        cpu=launched_without_gpus(),
+    )
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
     logger.info("command: %s", command)
 
     data_dir = args.data or default_data_dir()
@@ -297,7 +307,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         len(holdout_paths),
         ", ".join(p.name for p in holdout_paths),
     )
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
     val_images = centre_crops(holdout_paths, args.val_crop)
 
@@ -318,7 +328,6 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     )
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(run_dir))
     model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
     progress = TrainingProgress(generator)
@@ -373,6 +382,9 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             return
         saved_at.append(progress.step)
         accelerator.save_state(str(run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return
         for old in checkpoints_oldest_first(run_dir)[:-2]:
             shutil.rmtree(old)
         save_weights(
@@ -389,12 +401,16 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         initial=progress.step,
         desc="training",
         mininterval=1 if sys.stderr.isatty() else 60,
+        disable=not accelerator.is_main_process,
     )
     loss_sum, loss_count, window_start = 0.0, 0, time.monotonic()
-    while progress.step < max_steps and not stop_signal:
+    while progress.step < max_steps:
         elapsed = time.monotonic() - started
-        if elapsed >= budget:
-            logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
+        if elapsed >= budget or stop_signal:
+            accelerator.set_trigger()
+        if accelerator.check_trigger():  # all processes stop at the same step
+            if not stop_signal:
+                logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
             break
         # share of the whole run done (a resumed run continues the cosine, over old + new budget)
         time_done = (seconds_before + elapsed) / (seconds_before + budget)
@@ -435,6 +451,9 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     last_validation = validate(ema_copy(ema, model_config), val_images, args.seed)
     logger.info("final validation (EMA, one-shot) at step %d: %s", progress.step, last_validation)
     checkpoint()
+    accelerator.end_training()  # ends the process group of a data-parallel run
+    if not accelerator.is_main_process:
+        return 0
     if stop_signal:
         logger.warning(
             "stopped by signal %d; EMA snapshot in %s, resume with --resume latest",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from scipy import stats
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -236,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wall_start = time.monotonic()
     torch.set_num_threads(args.threads)
+    # Several launched processes (accelerate launch / torchrun) train data-parallel on CPU:
+    # each takes its own batches of one shared permutation; only the main one logs info and
+    # writes weights.
+    accelerator = Accelerator(cpu=True)
     setup_logging(args.run_dir)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
     if (args.output / MANIFEST).exists():
         logger.error("%s already holds released weights; pick a new --output", args.output)
         return 2
@@ -270,7 +277,6 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
     state.generator.manual_seed(args.seed)
@@ -293,21 +299,29 @@ def main(argv: list[str] | None = None) -> int:
         state.schedule_seconds = max(60.0, budget - (time.monotonic() - wall_start))
     logger.info("LR schedule spans %.1f min of training", state.schedule_seconds / 60)
 
-    steps_per_epoch = len(fit_images) // args.batch_size
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    steps_per_epoch = len(fit_images) // (args.batch_size * processes)
     out_of_time = False
     while state.epoch < args.epochs and not out_of_time:
         model.train()
         perm = torch.randperm(len(fit_images), generator=state.generator).tolist()
+        perm = broadcast_object_list([perm])[0]  # the main process's, on every process
         t_epoch = time.monotonic()
         sums = np.zeros(3)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {state.epoch}", mininterval=30)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {state.epoch}",
+            mininterval=30,
+            disable=not accelerator.is_main_process,
+        )
         for i in bar:
             t0 = time.monotonic()
             progress = max(state.epoch / args.epochs, state.train_seconds / state.schedule_seconds)
             lr = schedule_lr(args.lr, progress, args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
+            first = (i * processes + rank) * args.batch_size
+            idx = perm[first : first + args.batch_size]
             x, mos, n_rank = make_batch(args, fit_images, fit_mos, idx, sources, state.generator)
             if args.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -323,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             sums += (mos_loss, rank_loss, 1)
             bar.set_postfix(nin=f"{mos_loss:.3f}", rank=f"{rank_loss:.3f}", lr=f"{lr:.2e}")
             if time.monotonic() - wall_start > budget:
+                accelerator.set_trigger()
+            if accelerator.check_trigger():  # all processes stop at the same step
                 out_of_time = True
                 logger.info("time budget reached in epoch %d at step %d", state.epoch, i + 1)
                 break
@@ -350,11 +366,16 @@ def main(argv: list[str] | None = None) -> int:
             from safetensors.torch import save_file
 
             best = {k: v.detach().contiguous() for k, v in ema.module.state_dict().items()}
-            save_file(best, args.run_dir / BEST_FILE)
+            if accelerator.is_main_process:
+                save_file(best, args.run_dir / BEST_FILE)
             logger.info("new best val SRCC %.4f at epoch %d", srcc, state.epoch)
         if state.epoch % args.checkpoint_every == 0 or out_of_time or state.epoch == args.epochs:
             accelerator.save_state(str(ckpt_dir), safe_serialization=True)
 
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # ends the process group of a data-parallel run
+    if not accelerator.is_main_process:
+        return 0
     return finish(args, spec, state, rows, fit_rows, val_rows, n_clean, wall_start)
 
 
