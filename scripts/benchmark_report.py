@@ -17,6 +17,7 @@ from scripts.benchmarking import (
     harness,
     json_ready,
 )
+from scripts.peak_memory import memory_markdown
 
 # Targets of issue 5.
 GAIN_MAX = 3.0
@@ -247,6 +248,8 @@ def render_markdown(
             f"![reference, attacked and each defense's output]({grid})",
             "",
         ]
+    if meta.get("memory"):
+        lines += [*memory_markdown(meta["memory"]), ""]
     lines += ["Descriptions:", ""]
     lines += [f"- `{run.name}`: `{short_description(run.description)}`" for run in runs.values()]
     return "\n".join(lines) + "\n"

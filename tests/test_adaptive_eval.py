@@ -1,0 +1,323 @@
+"""Adaptive attacks (issue 6, part 5): BPDA is the defense forward and the identity backward;
+full gradients really go through the purifier's reverse steps; scripts/adaptive_eval.py end to
+end on tiny images with a tiny denoiser and a tiny stand-in metric; bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_bench import ToyMetric
+
+import purifier.config
+import scripts.adaptive_eval as adaptive_eval
+from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loop
+from defense import Defense
+from image_io import save_image
+from model import IQAModel, TrunkSpec
+from purifier import PurifierConfig
+from scripts.benchmarking import harness
+from standin_metric import save_standin
+
+KNOBS = {"t_star": 20, "steps": 2}
+
+
+@pytest.fixture(autouse=True)
+def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+
+
+@pytest.fixture(scope="module")
+def defense(tiny_weights: Path) -> Defense:
+    return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**KNOBS))
+
+
+def rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- BPDA ----------------------------------------------------------------------------------
+
+
+def test_bpda_forward_is_the_defense_and_backward_the_identity(defense: Defense) -> None:
+    x = rand(2, 3, 12, 10).requires_grad_()
+    weights = rand(2, 3, 12, 10, seed=1) - 0.5
+    out = BPDA(defense.purifier)(x, generator=gen(4))
+    with torch.no_grad():
+        expected = defense.purifier(x, generator=gen(4))
+    assert torch.equal(out, expected)
+    (out * weights).sum().backward()
+    assert torch.equal(x.grad, weights)
+
+
+def test_bpda_ignores_the_defense_derivative_and_works_without_a_generator() -> None:
+    x = torch.tensor([0.25, 0.5, 1.0]).reshape(1, 3, 1, 1).requires_grad_()
+    out = BPDA(lambda images: images.square())(x, generator=gen(0))
+    assert torch.equal(out.detach().flatten(), torch.tensor([0.0625, 0.25, 1.0]))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # d(x^2)/dx would be [0.5, 1, 2]
+
+
+def test_full_gradient_flows_through_the_reverse_steps(defense: Defense) -> None:
+    x = rand(1, 3, 16, 16, seed=2)
+    metric = ToyMetric().eval()
+    grads = {}
+    for mode in ("full", "bpda"):
+        xr = x.clone().requires_grad_()
+        metric(defense_in_loop(defense, mode)(xr, generator=gen(7))).sum().backward()
+        grads[mode] = xr.grad
+    # BPDA's gradient is the metric's gradient at the purified image, passed straight through.
+    with torch.no_grad():
+        purified = defense.purifier(x, generator=gen(7)).requires_grad_()
+    metric(purified).sum().backward()
+    assert torch.equal(grads["bpda"], purified.grad)
+    assert grads["full"].abs().sum() > 0 and torch.isfinite(grads["full"]).all()
+    assert not torch.allclose(grads["full"], grads["bpda"], rtol=0.1, atol=0)
+
+
+def test_full_gradient_is_the_true_derivative_of_a_fixed_noise_purification(
+    defense: Defense,
+) -> None:
+    """Central differences along a random direction agree with the autograd gradient."""
+    x, direction = rand(1, 3, 8, 8, seed=3) * 0.6 + 0.2, rand(1, 3, 8, 8, seed=4) - 0.5
+    metric = ToyMetric().eval().double()
+
+    def f(images: torch.Tensor) -> torch.Tensor:
+        return metric(defense.purifier(images.double(), generator=gen(9)).double()).sum()
+
+    xr = x.double().requires_grad_()
+    f(xr).backward()
+    h = 1e-3
+    with torch.no_grad():
+        numeric = (f(x.double() + h * direction) - f(x.double() - h * direction)) / (2 * h)
+    analytic = (xr.grad * direction).sum()
+    assert float(numeric) == pytest.approx(float(analytic), rel=0.05)
+
+
+def test_both_adaptive_attacks_raise_the_defended_score(defense: Defense) -> None:
+    """Through the tiny purifier, both adaptive attacks raise f(defense(x)) under a held-out
+    noise draw (with a random tiny denoiser they do about equally well)."""
+    x, metric = rand(2, 3, 16, 16, seed=5), ToyMetric().eval()
+    options = {"eps": 8 / 255, "steps": 5, "alpha": 2 / 255, "eot_samples": 2}
+
+    def defended_score(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(metric(defense.purifier(images, generator=gen(99))).mean())
+
+    clean = defended_score(x)
+    for mode in ("full", "bpda"):
+        adv = adaptive_attack(metric, defense, mode, **options)(x, gen(1))
+        assert defended_score(adv) > clean + 0.1, mode
+
+
+def test_full_gradients_beat_bpda_when_the_defense_is_far_from_the_identity() -> None:
+    """A noisy colour inversion: BPDA's identity backward climbs the wrong way, the exact
+    gradient does not."""
+
+    def inverting(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(images.shape, generator=generator)
+        return (1 - images + 0.01 * noise).clamp(0, 1)
+
+    x, metric = rand(2, 3, 16, 16, seed=6) * 0.8 + 0.1, ToyMetric().eval()
+    options = {"eps": 8 / 255, "steps": 4, "alpha": 2 / 255, "eot_samples": 2}
+
+    def defended_score(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(metric(inverting(images, gen(99))).mean())
+
+    clean = defended_score(x)
+    full = defended_score(adaptive_attack(metric, inverting, "full", **options)(x, gen(1)))
+    bpda = defended_score(adaptive_attack(metric, inverting, "bpda", **options)(x, gen(1)))
+    assert full > clean > bpda
+
+
+def test_adaptive_attack_puts_the_defense_in_the_loop(defense: Defense) -> None:
+    metric = ToyMetric().eval()
+    full = adaptive_attack(metric, defense, "full", eot_samples=3, eps=4 / 255)
+    assert full.defense is defense.purifier and full.eot_samples == 3 and full.eps == 4 / 255
+    bpda = adaptive_attack(metric, defense.purifier, "bpda")
+    assert isinstance(bpda.defense, BPDA) and bpda.defense.defense is defense.purifier
+    bare = adaptive_attack(metric, None, eot_samples=5)
+    assert bare.defense is None and bare.eot_samples == 1
+    assert repr(full).startswith("IFGSM(eps=0.01569, steps=10")
+
+
+def test_call_defense_passes_the_generator_only_when_taken() -> None:
+    seen = []
+
+    def takes(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        seen.append(generator)
+        return images
+
+    g = gen(0)
+    call_defense(takes, torch.zeros(1, 3, 1, 1), g)
+    call_defense(lambda images: images, torch.zeros(1, 3, 1, 1), g)
+    assert seen == [g]
+
+
+def test_adaptive_helpers_refuse_bad_input(defense: Defense) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        defense_in_loop(defense, "identity")
+    with pytest.raises(ValueError, match="must be callable"):
+        defense_in_loop(42)
+    with pytest.raises(ValueError, match="must be callable"):
+        BPDA("not a defense")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shape-preserving"):
+        BPDA(lambda images: images[..., :1])(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="unknown attack"):
+        adaptive_attack(ToyMetric(), defense, attack="nope")
+
+
+# --- the evaluation pieces ----------------------------------------------------------------------
+
+
+def test_centre_crop_and_eps_parsing_are_pinned() -> None:
+    x = torch.arange(35.0).reshape(1, 1, 5, 7)
+    assert adaptive_eval.centre_crop(x, 3).flatten().tolist() == [9, 10, 11, 16, 17, 18, 23, 24, 25]
+    assert adaptive_eval.centre_crop(x, 6).shape == (1, 1, 5, 6)
+    assert adaptive_eval.centre_crop(x, 0) is x
+    assert adaptive_eval.parse_eps("4, 10") == [4 / 255, 10 / 255]
+    for bad in ("", "0", "-4", "abc", "300"):
+        with pytest.raises(ValueError, match="--eps takes"):
+            adaptive_eval.parse_eps(bad)
+    with pytest.raises(ValueError, match="crop size must be >= 0"):
+        adaptive_eval.centre_crop(x, -1)
+
+
+def test_evaluation_refuses_bad_input(defense: Defense, tmp_path: Path) -> None:
+    images = [("a.png", rand(1, 3, 8, 8))]
+    metric, purifier_fn = ToyMetric().eval(), defense.purifier
+    with pytest.raises(ValueError, match="no images"):
+        adaptive_eval.run_evaluation([], metric, purifier_fn, [4 / 255])
+    for eps in ([], [0.0], [1.5]):
+        with pytest.raises(ValueError, match="eps values must lie in"):
+            adaptive_eval.run_evaluation(images, metric, purifier_fn, eps)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="no readable images"):
+        adaptive_eval.load_clean_images(tmp_path / "empty", None, 0)
+    with pytest.raises(ValueError, match="not a folder"):
+        adaptive_eval.load_clean_images(tmp_path / "missing", None, 0)
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        adaptive_eval.load_clean_images(tmp_path / "empty", 0, 0)
+
+
+# --- the command line, end to end ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = IQAModel(spec).eval()
+    folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
+    return save_standin(model, [1.0] * 3, [50.0] * 3, folder)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, tiny_metric: Path) -> dict:
+    root = tmp_path_factory.mktemp("adaptive")
+    for i in range(2):
+        save_image(rand(3, 20, 24 + i, seed=10 + i), root / "images" / f"img{i}.png")
+    (root / "images" / "notes.txt").write_text("not an image")
+    argv = [
+        "--images", str(root / "images"),
+        "--limit", "5",
+        "--crop", "16",
+        "--eps", "4,10",
+        "--iterations", "2",
+        "--eot", "2",
+        "--weights", str(tiny_weights),
+        "--t-star", "20",
+        "--steps", "2",
+        "--metric", str(tiny_metric),
+        "--output", str(root / "out" / "adaptive.md"),
+        "--no-progress",
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(purifier.config, "DEFAULTS_FILE", root / "absent.json")
+        assert adaptive_eval.main(argv) == 0
+    return {
+        "markdown": (root / "out" / "adaptive.md").read_text(),
+        "json": json.loads((root / "out" / "adaptive.json").read_text()),
+    }
+
+
+def test_cli_writes_every_row_and_record(report: dict) -> None:
+    rows, records = report["json"]["rows"], report["json"]["records"]
+    settings = ["undefended", "non-adaptive", "adaptive (full)", "adaptive (BPDA)"]
+    assert [(r["eps_255"], r["setting"]) for r in rows] == [(0.0, "clean")] + [
+        (eps, s) for eps in (4.0, 10.0) for s in settings
+    ]
+    assert len(records) == 2 + 2 * 2 * 4
+    assert {r["image"] for r in records} == {"img0.png", "img1.png"}
+    meta = report["json"]["meta"]
+    assert meta["images"] == 2 and meta["crop"] == 16 and meta["eot"] == 2
+    assert meta["defense_config"]["t_star"] == 20 and meta["defense_config"]["steps"] == 2
+    assert meta["command"].startswith("python scripts/adaptive_eval.py --images ")
+    assert meta["metric"] == "standin-tiny"
+
+
+def test_cli_gains_are_the_harness_gains_averaged(report: dict) -> None:
+    rows, records = report["json"]["rows"], report["json"]["records"]
+    for record in records:
+        want = harness.gain_score(record["reference_score"], record["output_score"])
+        assert record["gain"] == pytest.approx(want, rel=1e-12)
+        assert record["linf"] <= record["eps"] + 1e-6
+    for row in rows:
+        chosen = [r for r in records if (r["eps"], r["setting"]) == (row["eps"], row["setting"])]
+        assert row["images"] == 2
+        assert row["gain"] == pytest.approx(sum(r["gain"] for r in chosen) / 2, rel=1e-12)
+        if row["setting"].startswith("adaptive"):
+            non_adaptive = next(
+                r for r in rows if r["eps"] == row["eps"] and r["setting"] == "non-adaptive"
+            )
+            assert row["x_non_adaptive"] == pytest.approx(row["gain"] / non_adaptive["gain"])
+            assert row["within_3x_non_adaptive"] == (row["gain"] <= 3 * non_adaptive["gain"])
+    undefended = [r for r in records if r["setting"] == "undefended"]
+    non_adaptive = [r for r in records if r["setting"] == "non-adaptive"]
+    for a, b in zip(undefended, non_adaptive, strict=True):  # the same attacked image
+        assert a["attack_seconds"] == b["attack_seconds"] and a["linf"] == b["linf"]
+
+
+def test_cli_markdown_shows_the_json_numbers(report: dict) -> None:
+    markdown = report["markdown"]
+    assert markdown.startswith("# Adaptive attacks on metric(defense(x))")
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 9
+    for row in report["json"]["rows"]:
+        assert f"{row['gain']:.2f}" in markdown
+    assert markdown.count("<=3x non-adaptive") == 4
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--limit", "0"],
+        ["--iterations", "0"],
+        ["--eot", "0"],
+        ["--crop", "-1"],
+        ["--alpha", "0"],
+        ["--eps", "0"],
+        ["--eps", "four"],
+        ["--threads", "0"],
+    ],
+)
+def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        adaptive_eval.parse_args(extra)
+    assert info.value.code == 2
+    assert extra[0] in capsys.readouterr().err
+
+
+def test_cli_names_a_missing_image_folder(tmp_path: Path, tiny_weights: Path) -> None:
+    argv = ["--images", str(tmp_path / "missing"), "--weights", str(tiny_weights)]
+    with pytest.raises(SystemExit, match="adaptive_eval.py: error: not a folder"):
+        adaptive_eval.main(argv)
