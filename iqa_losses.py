@@ -1,10 +1,12 @@
-"""Training losses for Linearity-style quality regressors.
+"""Losses around Linearity-style quality regressors.
 
 ``norm_in_norm_loss`` is the loss of Li, Jiang and Jiang, "Norm-in-Norm Loss with Faster
 Convergence and Better Performance for Image Quality Assessment", ACM MM 2020;
 ``linearity_loss`` combines it over Linearity's three outputs; ``ranking_hinge_loss`` is the
 RankIQA-style constraint that a distorted copy scores below its source (Liu, van de Weijer
-and Bagdanov, "RankIQA", ICCV 2017), measured in units of the batch's score spread.
+and Bagdanov, "RankIQA", ICCV 2017), measured in units of the batch's score spread;
+``score_consistency_loss`` keeps a metric's score of a purified image at its clean
+reference's (for fine-tuning purifiers).
 """
 
 from __future__ import annotations
@@ -84,3 +86,23 @@ def ranking_hinge_loss(
     if isinstance(spread, float) and not (spread > 0 and math.isfinite(spread)):
         raise ValueError(f"spread must be positive and finite, got {spread}")
     return torch.relu(margin - (better - worse) / (spread + EPS)).mean()
+
+
+def score_consistency_loss(
+    scores: torch.Tensor, reference: torch.Tensor, floor: float = 1.0
+) -> torch.Tensor:
+    """Mean relative score change ``|scores - reference| / max(|reference|, floor)``.
+
+    The benchmark's Gain as a loss (without the x100): keeps a purified image's metric score
+    at its clean reference's, the high-level guidance of Liao et al., "Defense against
+    Adversarial Attacks Using High-Level Representation Guided Denoiser", CVPR 2018. Inputs
+    ``(N,)``/``(N, 1)``; ``reference`` is treated as a constant; ``floor`` > 0 guards scores
+    near zero.
+    """
+    scores = _as_column(scores, "scores")
+    reference = _as_column(reference, "reference").detach().to(scores.dtype)
+    if scores.shape != reference.shape:
+        raise ValueError(f"scores has {scores.shape[0]} entries, reference {reference.shape[0]}")
+    if not floor > 0:
+        raise ValueError(f"floor must be positive, got {floor}")
+    return ((scores - reference).abs() / reference.abs().clamp_min(floor)).mean()

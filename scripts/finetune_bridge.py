@@ -1,0 +1,538 @@
+#!/usr/bin/env python
+"""Fine-tune the purification DDPM as a bridge from attacked to clean images.
+
+    python scripts/finetune_bridge.py --output weights/ddpm-v2 --max-minutes 70 --threads 1
+    python scripts/finetune_bridge.py --init weights/ddpm-v2 --pairs my_dataset \\
+        --metric-checkpoint p1q2.pth --output weights/ddpm-mine --max-minutes 30
+
+Starts from a released DDPM (``--init``, default the newest ``weights/ddpm-v<N>``) and trains
+three terms (see ``diffusion/bridge_loss.py``):
+
+- **bridge**: (clean, attacked) crops; the attacked crop is noised to ``t < --t-max`` and the
+  network learns the noise that leads to the *clean* crop (min-SNR weighted). A share
+  ``--clean-fraction`` of the pairs is left unattacked so clean inputs stay untouched.
+- **prior**: the ordinary DDPM loss on clean crops at every noise level, so the model stays a
+  denoiser of the clean-image distribution (weight ``--prior-weight``).
+- **metric consistency**: the actual sampler (``--chain-t-star`` range, ``--chain-steps``
+  DDPM steps) run *with gradients* on attacked crops; the metric's score of its output is
+  held at the clean crop's score (relative difference, weight ``--metric-weight``).
+
+Pairs are made on the fly by the attack suite (``attacks.training_pairs.RandomAttacks``: every
+attack family, random budget 2..16/255, iterations, EOT) against the stand-in metric or
+``--metric-checkpoint``, from random crops of ``--train-dir`` (default ``clean/train`` minus
+the tuner's images and the held-out validation images). With ``--pairs DIR`` (the competition
+layout: ``DIR/reference/<img>`` and ``DIR/attacked/<attack>/<img>``) the given pairs are used
+instead, with every ``--val-every``-th image held out. Validation: the Gain of the default
+purifier (t*=60, 2 DDPM steps, fixed seed) on fixed attacked crops of held-out images, logged
+against the undefended Gain and written to the manifest. Checkpoints every
+``--checkpoint-every`` steps; ``--resume latest`` continues; the EMA weights go to
+``--output`` with a manifest (a new version: released folders are never overwritten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import diffusers
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from attacks.registry import ATTACKS, make_attack  # noqa: E402
+from attacks.training_pairs import PairPool, RandomAttacks  # noqa: E402
+from diffusion import (  # noqa: E402
+    PixelUnshuffleUNet,
+    TimestepSampler,
+    epsilon_mse_loss,
+    training_scheduler,
+)
+from diffusion import purify as run_purification  # noqa: E402
+from diffusion.bridge_loss import bridge_loss  # noqa: E402
+from image_io import list_images, load_image  # noqa: E402
+from iqa_losses import score_consistency_loss  # noqa: E402
+from model import MetricModel  # noqa: E402
+from paths import ROOT, WEIGHTS_DIR, default_data_dir  # noqa: E402
+from purifier import newest_release  # noqa: E402
+from schedulers import make_scheduler  # noqa: E402
+from scripts.train_ddpm import (  # noqa: E402
+    CHECKPOINT_DIR,
+    SNAPSHOT_DIR,
+    RandomCrops,
+    TrainingProgress,
+    check_output_free,
+    checkpoints_oldest_first,
+    ema_copy,
+    holdout_split,
+    latest_checkpoint,
+    learning_rate,
+    load_uint8,
+    save_weights,
+    setup_logging,
+    stop_requests,
+)
+from scripts.tuning import TUNING_IMAGES  # noqa: E402
+from weights_manifest import verify_manifest  # noqa: E402
+
+logger = logging.getLogger("train_ddpm")  # shares train_ddpm's log setup
+
+VALIDATION_ATTACKS = ("ifgsm", "korhonen", "ssah", "adv-cf")
+VALIDATION_T_STAR = 60
+VALIDATION_STEPS = 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--output", type=Path, required=True, help="new weights folder")
+    add("--init", type=Path, default=None, help="weights to start from (default: newest release)")
+    add("--data", type=Path, default=None, help="data root (default: $PURIFY_DATA)")
+    add("--train-dir", type=Path, default=None, help="clean images (default <data>/clean/train)")
+    add("--pairs", type=Path, default=None, help="competition-layout dataset of fixed pairs")
+    add("--metric-checkpoint", type=Path, default=None, help="p1q2.pth (default: stand-in)")
+    add("--run-dir", type=Path, default=None, help="default runs/<output name>")
+    add("--resume", default=None, help="checkpoint folder or 'latest'")
+    add("--max-steps", type=int, default=None)
+    add("--max-minutes", type=float, default=None, help="wall-clock budget")
+    add("--threads", type=int, default=None)
+    add("--batch-size", type=int, default=8, help="bridge pairs per step")
+    add("--crop", type=int, default=128, help="pair crop size (px)")
+    add("--prior-batch", type=int, default=8, help="clean crops per step for the prior")
+    add("--prior-crop", type=int, default=64, help="prior crop size (px)")
+    add("--prior-weight", type=float, default=1.0)
+    add("--metric-weight", type=float, default=0.1, help="0 disables the chain term")
+    add("--chain-batch", type=int, default=4, help="pairs run through the sampler per step")
+    add("--chain-t-star", type=int, nargs=2, default=[30, 100], help="range of t* (inclusive)")
+    add("--chain-steps", type=int, default=2)
+    add("--t-max", type=int, default=200, help="bridge timesteps are uniform in 0..t-max-1")
+    add("--snr-gamma", type=float, default=5.0)
+    add("--clean-fraction", type=float, default=0.2)
+    add("--attacks", default=",".join(ATTACKS), help="comma-separated training attacks")
+    add("--eps-range", type=float, nargs=2, default=[2.0, 16.0], help="L-inf budgets, /255")
+    add("--max-attack-steps", type=int, default=10)
+    add("--eot-prob", type=float, default=0.2)
+    add("--pool-size", type=int, default=96)
+    add("--refresh", type=int, default=4, help="new attacked crops per step")
+    add("--lr", type=float, default=1e-4)
+    add("--min-lr-ratio", type=float, default=0.1)
+    add("--warmup-steps", type=int, default=100)
+    add("--ema-decay", type=float, default=0.998)
+    add("--holdout", type=int, default=8, help="held-out validation images")
+    add("--val-crop", type=int, default=192)
+    add("--val-every", type=int, default=250)
+    add("--checkpoint-every", type=int, default=250)
+    add("--log-every", type=int, default=50)
+    add("--mixed-precision", choices=("no", "bf16", "fp16"), default="bf16")
+    add("--seed", type=int, default=0)
+    add("--version", default=None, help="version in the manifest (default: output name)")
+    args = parser.parse_args(argv)
+    if args.max_steps is None and args.max_minutes is None:
+        parser.error("give --max-steps and/or --max-minutes")
+    for name in (
+        "batch_size",
+        "crop",
+        "prior_batch",
+        "prior_crop",
+        "chain_batch",
+        "chain_steps",
+        "t_max",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("pool_size", "refresh", "val_every", "checkpoint_every", "log_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0.0 <= args.clean_fraction <= 1.0:
+        parser.error("--clean-fraction must be in [0, 1]")
+    low, high = args.chain_t_star
+    if not 1 <= low <= high < 1000:
+        parser.error("--chain-t-star needs 1 <= low <= high < 1000")
+    if args.metric_weight < 0 or args.prior_weight < 0:
+        parser.error("loss weights must be >= 0")
+    args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    unknown = [a for a in args.attacks if a not in ATTACKS]
+    if unknown or not args.attacks:
+        parser.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+    return args
+
+
+def random_crop(image: torch.Tensor, size: int, generator: torch.Generator) -> tuple[int, int]:
+    """Top-left corner of a random ``size`` crop of ``(3, H, W)``."""
+    height, width = image.shape[-2:]
+    top = int(torch.randint(height - size + 1, (), generator=generator))
+    left = int(torch.randint(width - size + 1, (), generator=generator))
+    return top, left
+
+
+class FixedPairs:
+    """Aligned random crops of a competition-layout dataset: ``reference/<img>`` paired with
+    every ``attacked/<attack>/<img>``; images are ``(3, H, W)`` float in [0, 1]."""
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
+        for attack_dir in sorted(p for p in (root / "attacked").iterdir() if p.is_dir()):
+            for name in names:
+                files = [f for f in attack_dir.iterdir() if f.stem == Path(name).stem]
+                if files:
+                    reference = load_image(root / "reference" / name)
+                    attacked = load_image(files[0])
+                    if reference.shape == attacked.shape:
+                        self.pairs.append((reference, attacked, attack_dir.name))
+        if not self.pairs:
+            raise SystemExit(f"no (reference, attacked) pairs of equal size under {root}")
+
+    def crops(
+        self, count: int, size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """``count`` aligned crops (smaller images are skipped) and the attacks' names."""
+        usable = [p for p in self.pairs if min(p[0].shape[-2:]) >= size]
+        if not usable:
+            raise SystemExit(f"no pair is at least {size} px: lower --crop")
+        clean, attacked, names = [], [], []
+        for _ in range(count):
+            ref, adv, name = usable[int(torch.randint(len(usable), (), generator=generator))]
+            top, left = random_crop(ref, size, generator)
+            clean.append(ref[:, top : top + size, left : left + size])
+            attacked.append(adv[:, top : top + size, left : left + size])
+            names.append(name)
+        return torch.stack(clean), torch.stack(attacked), ",".join(sorted(set(names)))
+
+
+def split_pairs_dataset(root: Path, every: int = 10) -> tuple[list[str], list[str]]:
+    """Reference names of a competition-layout dataset: ``(train, held out)``, every
+    ``every``-th sorted name held out (at least one)."""
+    names = sorted(p.name for p in list_images(root / "reference"))
+    if len(names) < 2:
+        raise SystemExit(f"{root / 'reference'} needs at least 2 images")
+    held = names[every // 2 :: every] or names[:1]
+    return [n for n in names if n not in held], held
+
+
+def gain(scores: torch.Tensor, reference: torch.Tensor) -> float:
+    """The benchmark's Gain in %: mean ``|scores - reference| / reference * 100``."""
+    return float(((scores - reference).abs() / reference.abs().clamp_min(1e-6)).mean() * 100)
+
+
+class Validation:
+    """Fixed attacked crops of held-out images and the Gain of the default purifier on them."""
+
+    def __init__(
+        self, metric: MetricModel, clean: torch.Tensor, attacked: torch.Tensor, seed: int
+    ) -> None:
+        self.metric, self.clean, self.attacked, self.seed = metric, clean, attacked, seed
+        with torch.no_grad():
+            self.reference = metric(clean)
+            self.undefended = gain(metric(attacked), self.reference)
+
+    def __call__(self, model: PixelUnshuffleUNet, scheduler_config: dict) -> dict[str, float]:
+        """Gain (%) of purified attacked and clean crops, and PSNR (dB) of purified vs clean."""
+        scheduler, timesteps = make_scheduler(
+            "ddpm", VALIDATION_T_STAR, VALIDATION_STEPS, "uniform", scheduler_config
+        )
+        results = {"undefended_gain": round(self.undefended, 3)}
+        with torch.no_grad():
+            for key, images in (("gain", self.attacked), ("clean_gain", self.clean)):
+                generator = torch.Generator().manual_seed(self.seed)
+                out = run_purification(images, model, scheduler, timesteps, generator)
+                results[key] = round(gain(self.metric(out), self.reference), 3)
+                if key == "gain":
+                    mse = (out - self.clean).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+                    results["psnr"] = round(float((-10 * mse.log10()).mean()), 3)
+        return results
+
+
+def validation_set(
+    paths: list[Path], metric: MetricModel, size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crops of ``paths`` attacked by each of ``VALIDATION_ATTACKS`` (defaults, seeded):
+    ``(clean, attacked)`` both ``(N * attacks, 3, s, s)`` in [0, 1]."""
+    images = [load_image(p) for p in paths]
+    size = min([size] + [min(img.shape[-2:]) for img in images])
+    crops = []
+    for img in images:
+        top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
+        crops.append(img[:, top : top + size, left : left + size])
+    clean = torch.stack(crops)
+    attacked = []
+    for i, name in enumerate(tqdm(VALIDATION_ATTACKS, desc="validation attacks")):
+        generator = torch.Generator().manual_seed(seed + i)
+        attacked.append(make_attack(name, metric)(clean, generator))
+    return clean.repeat(len(VALIDATION_ATTACKS), 1, 1, 1), torch.cat(attacked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    with stop_requests() as stop_signal:
+        return train(args, command, stop_signal)
+
+
+def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
+    """The fine-tuning run; returns the exit code (0 when ``--output`` was written)."""
+    started = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    check_output_free(output)
+    run_dir = args.run_dir or ROOT / "runs" / output.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    logger.info("command: %s", command)
+
+    metric = MetricModel("cpu", args.metric_checkpoint).eval()
+    for parameter in metric.parameters():
+        parameter.requires_grad_(False)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    data_dir = args.data or default_data_dir()
+    train_dir = args.train_dir or data_dir / "clean" / "train"
+    all_paths = [p for p in list_images(train_dir, recursive=True) if p.name not in TUNING_IMAGES]
+    train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
+    crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
+    prior_crops = RandomCrops(crops.images, args.prior_crop, generator)
+    if args.pairs:
+        train_names, held_names = split_pairs_dataset(args.pairs)
+        fixed = FixedPairs(args.pairs, train_names)
+        held = FixedPairs(args.pairs, held_names)
+        clean_val, attacked_val, _ = held.crops(
+            4 * len(held.pairs), min(args.val_crop, 256), torch.Generator().manual_seed(args.seed)
+        )
+        logger.info(
+            "pairs from %s: %d train, %d held-out pairs",
+            args.pairs,
+            len(fixed.pairs),
+            len(held.pairs),
+        )
+        data_info = {"pairs": str(args.pairs.resolve()), "held_out": held_names}
+    else:
+        fixed = None
+        clean_val, attacked_val = validation_set(holdout_paths, metric, args.val_crop, args.seed)
+        data_info = {
+            "data_folder": str(train_dir.resolve()),
+            "num_images": len(crops.images),
+            "excluded": sorted(TUNING_IMAGES),
+            "holdout_images": [p.name for p in holdout_paths],
+        }
+    validation = Validation(metric, clean_val, attacked_val, args.seed)
+    logger.info(
+        "validation: %d crops, undefended gain %.2f %%", len(clean_val), validation.undefended
+    )
+
+    init = args.init or newest_release(WEIGHTS_DIR)
+    verify_manifest(init)
+    model = PixelUnshuffleUNet.from_pretrained(init, local_files_only=True)
+    model_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    scheduler = training_scheduler()
+    scheduler_config = dict(scheduler.config)
+    logger.info("fine-tuning %s (%s)", init, model_config)
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(run_dir))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = EMAModel(model.parameters(), decay=args.ema_decay)
+    progress = TrainingProgress(generator)
+    accelerator.register_for_checkpointing(ema, progress)
+    if args.resume:
+        checkpoint_dir = (
+            latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
+        )
+        accelerator.load_state(str(checkpoint_dir))
+        ema.to(accelerator.device)
+        logger.info("resumed from %s at step %d", checkpoint_dir, progress.step)
+
+    attacks = RandomAttacks(
+        metric,
+        args.attacks,
+        eps_range=(args.eps_range[0] / 255, args.eps_range[1] / 255),
+        max_steps=args.max_attack_steps,
+        eot_prob=args.eot_prob,
+    )
+    pool = PairPool(args.pool_size)
+    prior_sampler = TimestepSampler(scheduler.config.num_train_timesteps)
+    chains = {
+        t: make_scheduler("ddpm", t, args.chain_steps, "uniform", scheduler_config)
+        for t in range(args.chain_t_star[0], args.chain_t_star[1] + 1)
+    }
+    last_validation = validation(ema_copy(ema, model_config), scheduler_config)
+    logger.info("step %d validation %s", progress.step, last_validation)
+
+    def refill(count: int) -> None:
+        if fixed is not None:
+            clean, attacked, name = fixed.crops(count, args.crop, generator)
+        else:
+            clean = (crops.batch(count) + 1.0) / 2.0
+            attacked, name = attacks.attack(clean, generator)
+        pool.add(clean, attacked, name)
+
+    def info() -> dict[str, Any]:
+        return {
+            "training": {
+                "kind": "bridge fine-tuning (attacked -> clean), scripts/finetune_bridge.py",
+                "init": str(init),
+                "metric": str(args.metric_checkpoint or "stand-in (weights/standin-metric-v1)"),
+                **data_info,
+                "attacks": args.attacks if fixed is None else "fixed pairs",
+                "steps": progress.step,
+                "wall_time_seconds": round(progress.seconds, 1),
+                "command": command,
+                "options": {
+                    k: (str(v) if isinstance(v, Path) else v)
+                    for k, v in vars(args).items()
+                    if k not in ("output", "run_dir", "resume")
+                },
+                "software": {
+                    "diffusers": diffusers.__version__,
+                    "accelerate": accelerate.__version__,
+                    "torch": torch.__version__,
+                },
+                "validation": last_validation,
+            },
+            "model": {"class": "PixelUnshuffleUNet", **model_config},
+        }
+
+    saved_at: list[int] = []
+
+    def checkpoint() -> None:
+        if saved_at and saved_at[-1] == progress.step:
+            return
+        saved_at.append(progress.step)
+        accelerator.save_state(str(run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
+        for old in checkpoints_oldest_first(run_dir)[:-2]:
+            shutil.rmtree(old)
+        save_weights(
+            ema_copy(ema, model_config),
+            run_dir / SNAPSHOT_DIR,
+            f"{output.name}-snapshot",
+            args.version or output.name,
+            info(),
+        )
+        logger.info("checkpoint and EMA snapshot at step %d", progress.step)
+
+    with tqdm(desc="filling pair pool", total=args.pool_size) as bar:
+        while len(pool) < args.pool_size:
+            refill(min(args.refresh * 2, args.pool_size - len(pool)))
+            bar.n = len(pool)
+            bar.refresh()
+
+    budget = args.max_minutes * 60 if args.max_minutes is not None else math.inf
+    max_steps = args.max_steps if args.max_steps is not None else sys.maxsize
+    seconds_before, session_start = progress.seconds, time.monotonic()
+    sums: dict[str, float] = {}
+    window = 0
+    bar = tqdm(
+        total=None if max_steps == sys.maxsize else max_steps,
+        initial=progress.step,
+        desc="bridge fine-tuning",
+        mininterval=1 if sys.stderr.isatty() else 60,
+    )
+    while progress.step < max_steps and not stop_signal:
+        elapsed = time.monotonic() - started
+        if elapsed >= budget:
+            logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
+            break
+        time_done = (seconds_before + elapsed) / (seconds_before + budget)
+        fraction = max(progress.step / max_steps, time_done if budget < math.inf else 0.0)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, progress.step, fraction)
+
+        refill(args.refresh)
+        clean, attacked = pool.sample(args.batch_size, generator)
+        keep_clean = torch.rand(args.batch_size, generator=generator) < args.clean_fraction
+        attacked = torch.where(keep_clean.view(-1, 1, 1, 1), clean, attacked)
+        device = accelerator.device
+        clean_pm, attacked_pm = clean.to(device) * 2 - 1, attacked.to(device) * 2 - 1
+        timesteps = torch.randint(args.t_max, (args.batch_size,), generator=generator)
+        terms = {
+            "bridge": bridge_loss(
+                model, scheduler, clean_pm, attacked_pm, timesteps, generator, args.snr_gamma
+            ).loss
+        }
+        if args.prior_weight > 0:
+            prior_clean = prior_crops.batch(args.prior_batch).to(device)
+            prior_t = prior_sampler.sample(args.prior_batch, generator)
+            terms["prior"] = args.prior_weight * epsilon_mse_loss(
+                model, scheduler, prior_clean, prior_t, generator
+            )
+        if args.metric_weight > 0:
+            t_star = int(
+                torch.randint(
+                    args.chain_t_star[0], args.chain_t_star[1] + 1, (), generator=generator
+                )
+            )
+            chain_scheduler, kept = chains[t_star]
+            n = min(args.chain_batch, args.batch_size)
+            purified = run_purification(
+                attacked[:n].to(device), model, chain_scheduler, kept, generator
+            )
+            with torch.no_grad():
+                reference = metric(clean[:n].to(device))
+            terms["metric"] = args.metric_weight * score_consistency_loss(
+                metric(purified), reference
+            )
+        loss = sum(terms.values())
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        progress.step += 1
+        progress.seconds = seconds_before + time.monotonic() - session_start
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.item()
+        window += 1
+        bar.update(1)
+        if progress.step % args.log_every == 0:
+            means = {k: round(v / window, 5) for k, v in sums.items()}
+            logger.info(
+                "step %d %s lr %.2e pool linf %.4f elapsed %.1f min",
+                progress.step,
+                means,
+                optimizer.param_groups[0]["lr"],
+                pool.mean_linf(),
+                elapsed / 60,
+            )
+            bar.set_postfix(means)
+            sums, window = {}, 0
+        if progress.step % args.val_every == 0:
+            last_validation = validation(ema_copy(ema, model_config), scheduler_config)
+            logger.info("step %d validation %s", progress.step, last_validation)
+        if progress.step % args.checkpoint_every == 0:
+            checkpoint()
+    bar.close()
+
+    last_validation = validation(ema_copy(ema, model_config), scheduler_config)
+    logger.info("final validation at step %d: %s", progress.step, last_validation)
+    checkpoint()
+    if stop_signal:
+        logger.warning("stopped by signal %d; resume with --resume latest", stop_signal[0])
+        return 1
+    try:
+        check_output_free(output)
+    except SystemExit as err:
+        logger.error("%s; the EMA weights are in %s", err, run_dir / SNAPSHOT_DIR)
+        return 1
+    save_weights(
+        ema_copy(ema, model_config), output, output.name, args.version or output.name, info()
+    )
+    logger.info("wrote %s (%d steps, %.1f min)", output, progress.step, progress.seconds / 60)
+    print(json.dumps({"output": str(output), "steps": progress.step, **last_validation}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Bridge fine-tuning: the bridge target and loss, the score-consistency loss, random attack
+draws, the pair pool, and ``scripts/finetune_bridge.py`` end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from attacks.registry import ATTACKS
+from attacks.training_pairs import PairPool, RandomAttacks, batch_universal
+from diffusion import training_scheduler
+from diffusion.bridge_loss import bridge_epsilon_target, bridge_loss, min_snr_weights
+from image_io import save_image
+from iqa_losses import score_consistency_loss
+from scripts import finetune_bridge
+from tests.conftest import write_tiny_release
+from weights_manifest import verify_manifest
+
+
+def brightness(images: torch.Tensor) -> torch.Tensor:
+    """A toy differentiable metric: 100 x mean brightness, ``(B, 1)``."""
+    return images.mean(dim=(1, 2, 3)).unsqueeze(1) * 100
+
+
+# ------------------------------------------------------------------ the bridge objective
+def test_bridge_target_recovers_the_clean_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    attacked = clean + 0.05 * torch.randn(2, 3, 8, 8, generator=gen)
+    noise = torch.randn(2, 3, 8, 8, generator=gen)
+    alpha_bar = torch.tensor([0.9, 0.5])
+    root = alpha_bar.sqrt().view(-1, 1, 1, 1)
+    noisy = root * attacked + (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * noise
+    target = bridge_epsilon_target(noise, clean, attacked, alpha_bar)
+    x0 = (noisy - (1 - alpha_bar).sqrt().view(-1, 1, 1, 1) * target) / root
+    torch.testing.assert_close(x0, clean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(bridge_epsilon_target(noise, clean, clean, alpha_bar), noise)
+
+
+def test_min_snr_weights_pinned() -> None:
+    weights = min_snr_weights(torch.tensor([0.5, 0.9, 0.99]), gamma=5.0)
+    torch.testing.assert_close(weights, torch.tensor([1.0, 5 / 9, 5 / 99]))
+    with pytest.raises(ValueError, match="gamma"):
+        min_snr_weights(torch.tensor([0.5]), gamma=0.0)
+
+
+class Oracle(nn.Module):
+    """Predicts exactly the bridge target for a known clean batch."""
+
+    def __init__(self, clean: torch.Tensor, alphas_cumprod: torch.Tensor) -> None:
+        super().__init__()
+        self.clean, self.alphas_cumprod = clean, alphas_cumprod
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        ab = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        return (noisy - ab.sqrt() * self.clean) / (1 - ab).sqrt() + 0 * self.anchor
+
+
+def test_bridge_loss_is_zero_for_the_oracle_and_positive_otherwise() -> None:
+    scheduler = training_scheduler()
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.rand(3, 3, 8, 8, generator=gen) * 2 - 1
+    attacked = (clean + 0.06 * torch.randn(3, 3, 8, 8, generator=gen)).clamp(-1, 1)
+    timesteps = torch.tensor([5, 60, 150])
+    oracle = Oracle(clean, scheduler.alphas_cumprod)
+    out = bridge_loss(oracle, scheduler, clean, attacked, timesteps, torch.Generator())
+    assert out.loss.item() < 1e-8
+    torch.testing.assert_close(out.x0_hat, clean, atol=1e-4, rtol=0)
+    zero = Oracle(torch.zeros_like(clean), scheduler.alphas_cumprod)
+    assert bridge_loss(zero, scheduler, clean, attacked, timesteps, gen).loss.item() > 0.01
+
+
+def test_bridge_loss_rejects_bad_shapes() -> None:
+    scheduler = training_scheduler()
+    model = Oracle(torch.zeros(2, 3, 8, 8), scheduler.alphas_cumprod)
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="one shape"):
+        bridge_loss(model, scheduler, x, x[:1], torch.tensor([1, 2]), torch.Generator())
+    with pytest.raises(ValueError, match="timesteps"):
+        bridge_loss(model, scheduler, x, x, torch.tensor([1]), torch.Generator())
+
+
+# ------------------------------------------------------------- metric-consistency term
+def test_score_consistency_loss_pinned_and_one_sided_gradient() -> None:
+    scores = torch.tensor([[110.0], [45.0]], requires_grad=True)
+    reference = torch.tensor([[100.0], [50.0]], requires_grad=True)
+    loss = score_consistency_loss(scores, reference)
+    torch.testing.assert_close(loss, torch.tensor(0.1))
+    loss.backward()
+    torch.testing.assert_close(scores.grad, torch.tensor([[0.005], [-0.01]]))
+    assert reference.grad is None
+    near_zero = score_consistency_loss(torch.tensor([0.5]), torch.tensor([0.0]))
+    torch.testing.assert_close(near_zero, torch.tensor(0.5))  # floor 1
+    with pytest.raises(ValueError, match="entries"):
+        score_consistency_loss(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match="floor"):
+        score_consistency_loss(torch.zeros(2), torch.zeros(2), floor=0.0)
+
+
+# --------------------------------------------------------------------- random attacks
+def test_random_attack_draws_are_seeded_and_within_ranges() -> None:
+    sampler = RandomAttacks(brightness, eps_range=(2 / 255, 16 / 255), max_steps=6)
+    draws = [sampler.draw(torch.Generator().manual_seed(s)) for s in range(300)]
+    again = [sampler.draw(torch.Generator().manual_seed(s)) for s in range(5)]
+    assert repr(draws[:5]) == repr(again)  # the EOT transform compares by repr
+    assert {name for name, _ in draws} == set(ATTACKS)
+    for name, options in draws:
+        if ATTACKS[name].bound is None:
+            assert "eps" not in options
+        else:
+            assert 2 / 255 <= options["eps"] <= 16 / 255
+            assert options.get("alpha", 0) <= options["eps"]
+        assert 1 <= options.get("steps", 1) <= 6
+        assert options.get("eot_samples", 1) in (1, 2)
+    assert any("eot_samples" in options for _, options in draws)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"names": ()}, "names"),
+        ({"names": ("nope",)}, "names"),
+        ({"eps_range": (0.0, 0.1)}, "eps_range"),
+        ({"eps_range": (0.2, 0.1)}, "eps_range"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"eot_prob": 1.5}, "eot_prob"),
+    ],
+)
+def test_random_attacks_reject_bad_settings(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RandomAttacks(brightness, **kwargs)
+
+
+def test_random_attack_raises_the_score_within_budget() -> None:
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8
+    sampler = RandomAttacks(brightness, names=("ifgsm",), eps_range=(4 / 255, 4 / 255))
+    attacked, name = sampler.attack(images, torch.Generator().manual_seed(3))
+    assert name == "ifgsm"
+    assert (attacked - images).abs().max() <= 4 / 255 + 1e-6
+    assert (brightness(attacked) > brightness(images)).all()
+
+
+def test_batch_universal_shares_one_pattern() -> None:
+    images = 0.25 + 0.5 * torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    attacked = batch_universal(brightness, images, 8 / 255, torch.Generator().manual_seed(1))
+    delta = attacked - images
+    torch.testing.assert_close(delta[0], delta[1])
+    torch.testing.assert_close(delta[0], delta[2])
+    assert delta.abs().max() <= 8 / 255 + 1e-6
+    assert (brightness(attacked) > brightness(images)).all()
+    with pytest.raises(ValueError, match="steps"):
+        batch_universal(brightness, images, 8 / 255, torch.Generator(), steps=0)
+
+
+# -------------------------------------------------------------------------- pair pool
+def test_pair_pool_is_a_fifo_with_joint_augmentation() -> None:
+    pool = PairPool(capacity=3)
+    with pytest.raises(ValueError, match="empty"):
+        pool.sample(1, torch.Generator())
+    clean = torch.arange(4 * 3 * 4 * 4, dtype=torch.float32).view(4, 3, 4, 4) / 200
+    pool.add(clean[:2], clean[:2] + 0.01, "a")
+    pool.add(clean[2:], clean[2:] + 0.02, "b")
+    assert len(pool) == 3 and pool.names == ["a", "b", "b"]
+    torch.testing.assert_close(pool.clean[0], clean[1])
+    assert pool.mean_linf() == pytest.approx((0.01 + 0.02 + 0.02) / 3, abs=1e-6)
+    got_clean, got_attacked = pool.sample(20, torch.Generator().manual_seed(0))
+    assert got_clean.shape == (20, 3, 4, 4)
+    stored = {round(float(x.sum()), 3) for x in pool.clean}
+    assert {round(float(x.sum()), 3) for x in got_clean} <= stored  # augmented stored crops
+    offsets = (got_attacked - got_clean).flatten(1)
+    assert torch.allclose(offsets, offsets[:, :1].expand_as(offsets), atol=1e-6)
+    with pytest.raises(ValueError, match="shapes"):
+        pool.add(clean[:1], clean[:2], "c")
+    with pytest.raises(ValueError, match="capacity"):
+        PairPool(0)
+
+
+# ------------------------------------------------------------------------ the script
+def _folder_of_images(folder: Path, count: int, size: tuple[int, int], seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        save_image(torch.rand(3, *size, generator=gen), folder / f"img{i:02d}.png")
+
+
+def _tiny_args(tmp_path: Path, output: Path) -> list[str]:
+    return [
+        "--output", str(output), "--init", str(write_tiny_release(tmp_path / "init")),
+        "--run-dir", str(tmp_path / "run" / output.name), "--max-steps", "2",
+        "--threads", "1", "--crop", "32", "--prior-crop", "32", "--val-crop", "32",
+        "--holdout", "2", "--batch-size", "2", "--prior-batch", "2", "--chain-batch", "1",
+        "--chain-t-star", "5", "8", "--pool-size", "4", "--refresh", "2",
+        "--mixed-precision", "no", "--attacks", "ifgsm,uap", "--max-attack-steps", "2",
+        "--val-every", "1", "--checkpoint-every", "1",
+    ]  # fmt: skip
+
+
+def test_finetune_bridge_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
+    output = tmp_path / "weights" / "ddpm-v9"
+    args = _tiny_args(tmp_path, output) + ["--train-dir", str(tmp_path / "clean")]
+    assert finetune_bridge.main(args) == 0
+    verify_manifest(output)
+    manifest = json.loads((output / "manifest.json").read_text())
+    training = manifest["training"]
+    assert training["steps"] == 2 and training["attacks"] == ["ifgsm", "uap"]
+    assert set(training["validation"]) == {"undefended_gain", "gain", "clean_gain", "psnr"}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    with pytest.raises(SystemExit, match="released"):
+        finetune_bridge.main(args)  # never overwrites a released folder
+
+
+def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
+    data = tmp_path / "pairs"
+    _folder_of_images(data / "reference", 4, (36, 40), seed=1)
+    for attack, seed in (("fgsm", 2), ("ifgsm", 3)):
+        _folder_of_images(data / "attacked" / attack, 4, (36, 40), seed=seed)
+    _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
+    output = tmp_path / "ddpm-mine"
+    args = _tiny_args(tmp_path, output)
+    args += ["--pairs", str(data), "--train-dir", str(tmp_path / "clean"), "--metric-weight", "0"]
+    assert finetune_bridge.main(args) == 0
+    training = json.loads((output / "manifest.json").read_text())["training"]
+    assert training["attacks"] == "fixed pairs" and training["held_out"] == ["img00.png"]
+
+
+def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
+    _folder_of_images(tmp_path / "reference", 12, (8, 8), seed=0)
+    train, held = finetune_bridge.split_pairs_dataset(tmp_path, every=10)
+    assert held == ["img05.png"] and len(train) == 11
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--max-steps"),
+        (["--max-steps", "1", "--attacks", "nope"], "unknown attacks"),
+        (["--max-steps", "1", "--clean-fraction", "2"], "clean-fraction"),
+        (["--max-steps", "1", "--chain-t-star", "50", "10"], "chain-t-star"),
+        (["--max-steps", "1", "--batch-size", "0"], "batch-size"),
+        (["--max-steps", "1", "--metric-weight", "-1"], "weights"),
+    ],
+)
+def test_finetune_bridge_rejects_bad_options(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        finetune_bridge.parse_args(["--output", "x", *extra])
+    assert message in capsys.readouterr().err
