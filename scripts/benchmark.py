@@ -6,7 +6,7 @@ Usage::
     python scripts/benchmark.py [--data-dir runs/public-set] [--defenses none,resize,...]
         [--limit N] [--subset-for diffpure=3] [--seed 0] [--threads 1]
         [--output-dir runs/benchmark] [--markdown BENCHMARKS.md]
-        [--grid docs/benchmark_grid.png] [--json runs/benchmark/benchmark.json]
+        [--grid docs/benchmark_grid.png] [--json runs/benchmark/benchmark.json] [--no-memory]
 
 The dataset has the competition layout (``attacked/<attack>/<image>``, ``reference/<image>``;
 the public set is ``python scripts/make_dataset.py runs/public-set``, built from
@@ -23,6 +23,10 @@ images per attack only; it is marked as such, and the targets compare it with th
 defenses on the same images. The targets of issue 5 are checked for every defense but
 ``none``: Gain <= min(3 %, best classical Gain / 3), Quality >= the undefended attacked
 Quality, SRCC >= 0.97, clean-input Gain <= 2 %, time <= 1x Linearity (goal 0.5x).
+
+Unless ``--no-memory``, the peak resident memory of purifying a synthetic 4000x3000 photo in a
+fresh process (``scripts/peak_memory.py``: ``Defense.apply_defense`` on the whole image and the
+purify CLI's tiled path) is measured once and reported in a "Memory" section (target 4 GB).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import purifier.config  # noqa: E402
-from model import IQAModel  # noqa: E402
+from model import IQAModel, MetricModel  # noqa: E402
 from paths import ROOT  # noqa: E402
 from scripts.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
 from scripts.benchmarking import (  # noqa: E402
@@ -57,7 +61,9 @@ from scripts.benchmarking import (  # noqa: E402
     machine_info,
     run_benchmark,
     select_pairs,
+    split_defense_spec,
 )
+from scripts.peak_memory import benchmark_memory  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -94,9 +100,11 @@ def parse_defenses(spec: str) -> list[str]:
     from defenses.registry import DEFENSES
 
     names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
-    unknown = [n for n in names if n not in DEFENSES]
+    unknown = [n for n in names if split_defense_spec(n)[0] not in DEFENSES]
     if unknown or not names:
         raise ValueError(f"unknown or no defenses {unknown}; known: {', '.join(sorted(DEFENSES))}")
+    for name in names:
+        split_defense_spec(name)  # ValueError for a missing weights folder
     return names
 
 
@@ -134,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with p1q2.pth (else MetricModel's fallback, the stand-in metric)",
     )
     parser.add_argument(
+        "--metric",
+        type=Path,
+        default=None,
+        help="score with this metric instead: a p1q2.pth-format file or a stand-in folder "
+        "(e.g. weights/standin-metric-alt-v1, for transfer figures); overrides --checkpoint-dir",
+    )
+    parser.add_argument(
         "--weights", type=Path, default=None, help="denoiser folder (default: newest release)"
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
@@ -147,7 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-crop", type=int, default=160, help="tile size in px (0: whole)")
     parser.add_argument("--linearity-repeats", type=int, default=3)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory measurement (a 4000x3000 photo, scripts/peak_memory.py)",
+    )
     return parser
+
+
+def memory_figures(args: argparse.Namespace) -> list[dict] | None:
+    """Peak RSS of purifying a 4000x3000 photo (whole and via the purify CLI), or None."""
+    if args.no_memory:
+        return None
+    return benchmark_memory(args.weights, args.threads or torch.get_num_threads())
 
 
 def reference_model() -> nn.Module:
@@ -181,7 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         pairs = select_pairs(harness.collect_pairs(args.data_dir), args.limit)
         device = torch.device(args.device)
-        metric = harness.load_metric(args.checkpoint_dir, device)
+        if args.metric is not None:
+            metric = MetricModel(device, args.metric).eval()
+        else:
+            metric = harness.load_metric(args.checkpoint_dir, device)
         defenses = {
             n: build_defense(n, device, weights=args.weights, seed=args.seed) for n in names
         }
@@ -211,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, run in runs.items():
-        harness.write_scores(harness.aggregate(run.records), output_dir / name, "full")
+        folder = output_dir / name.replace("/", "_")
+        harness.write_scores(harness.aggregate(run.records), folder, "full")
     per_attack = {len([p for p in pairs if p.attack == a]) for a in {p.attack for p in pairs}}
     meta = {
         "command": shlex.join(
@@ -223,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "data_dir": str(args.data_dir),
         "attacks": len({p.attack for p in pairs}),
         "images_per_attack": "/".join(str(n) for n in sorted(per_attack)),
-        "metric": getattr(metric, "name", type(metric).__name__),
+        "metric": str(args.metric or getattr(metric, "name", type(metric).__name__)),
         "seed": args.seed,
         "batch_size": args.batch_size,
         "subsets": subsets,
@@ -232,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else "provisional defaults (no purifier/defaults.json yet)",
         "linearity_seconds": {f"{h}x{w}": s for (h, w), s in sorted(linearity.items())},
     }
+    memory = memory_figures(args)
+    if memory is not None:
+        meta["memory"] = memory
     json_path = args.json or output_dir / "benchmark.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(to_json(runs, meta), indent=1) + "\n")

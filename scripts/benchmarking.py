@@ -301,7 +301,7 @@ def run_defense(
     )
     return DefenseRun(
         name=name,
-        label=LABELS.get(name, name),
+        label=defense_label(name),
         description=repr(defense),
         records=records,
         ratios=time_ratios(records, pairs, linearity),
@@ -312,6 +312,36 @@ def run_defense(
     )
 
 
+WEIGHTS_SEPARATOR = "@"
+"""``ddpm@ddpm-v1`` is the ``ddpm`` defense on another denoiser (a folder under ``weights/``
+or a path), so several weight versions can be compared in one run."""
+
+
+def split_defense_spec(spec: str) -> tuple[str, Path | None]:
+    """``"ddpm@ddpm-v1"`` -> ``("ddpm", <weights>/ddpm-v1)``; ``"jpeg"`` -> ``("jpeg", None)``.
+
+    Only the diffusion defenses (``ddpm``, ``diffpure``) take weights; the folder is used as
+    given when it exists, else looked up under the project's ``weights/``. ``ValueError`` if
+    it is found in neither place or the defense takes no weights.
+    """
+    name, sep, folder = spec.partition(WEIGHTS_SEPARATOR)
+    if not sep:
+        return name, None
+    if name not in ("ddpm", "diffpure") or not folder:
+        raise ValueError(f"{spec!r}: only ddpm@<weights> and diffpure@<weights> take weights")
+    for candidate in (Path(folder), ROOT / "weights" / folder):
+        if candidate.is_dir():
+            return name, candidate
+    raise ValueError(f"{spec!r}: no weights folder {folder} (nor {ROOT / 'weights' / folder})")
+
+
+def defense_label(spec: str) -> str:
+    """Human label of a defense spec, e.g. ``ours (defense.Defense), weights ddpm-v1``."""
+    name, weights = split_defense_spec(spec)
+    label = LABELS.get(name, name)
+    return label if weights is None else f"{label}, weights {weights.name}"
+
+
 def build_defense(
     name: str,
     device: str | torch.device = "cpu",
@@ -319,7 +349,10 @@ def build_defense(
     weights: str | Path | None = None,
     seed: int | None = 0,
 ) -> PurifyingDefense:
-    """A registered defense; the diffusion ones get ``weights`` and a fixed ``seed``."""
+    """A registered defense (or ``ddpm@<weights>``); the diffusion ones get ``weights`` (the
+    spec's own folder first) and a fixed ``seed``."""
+    name, own_weights = split_defense_spec(name)
+    weights = own_weights if own_weights is not None else weights
     if name == "ddpm":
         from defense import Defense
 

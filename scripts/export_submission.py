@@ -58,12 +58,12 @@ from weights_manifest import MANIFEST, sha256_file, verify_manifest  # noqa: E40
 logger = logging.getLogger("export_submission")
 
 RUNTIME_PACKAGE = "iqa_purify_runtime"
-# Modules of each package that run inside Defense; the rest (training, benchmarks, tiling,
-# folder planning) stay out and their re-exports are pruned from the package __init__.
+# Modules of each package that run inside Defense; the rest (training, benchmarks, folder
+# planning) stay out and their re-exports are pruned from the package __init__.
 RUNTIME_MODULES = {
     "diffusion": ("denoiser", "loading", "noise", "purification"),
     "schedulers": ("factory", "timestep_spacing"),
-    "purifier": ("config", "diffusion_purifier", "unsharp", "weights"),
+    "purifier": ("config", "diffusion_purifier", "tiling", "unsharp", "weights"),
 }
 RUNTIME_FILES = ("weights_manifest", "image_checks")
 # Project module -> bundled module. The bundle has no ``model``: the competition brings its
@@ -72,7 +72,7 @@ IMPORT_MAP = {
     **{name: f"{RUNTIME_PACKAGE}.{name}" for name in (*RUNTIME_MODULES, *RUNTIME_FILES)},
     "model": f"{RUNTIME_PACKAGE}.image_checks",
 }
-THIRD_PARTY = ("torch", "diffusers")
+THIRD_PARTY = ("torch", "diffusers", "tqdm")
 DEFAULTS_NAME = "defaults.json"
 BUNDLE_INFO = "bundle.json"
 BUNDLE_FORMAT = 1

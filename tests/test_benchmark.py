@@ -34,9 +34,12 @@ from scripts.benchmarking import (
     DefenseRun,
     ImagePair,
     ImageRecord,
+    build_defense,
+    defense_label,
     harness,
     linearity_seconds,
     select_pairs,
+    split_defense_spec,
     spread,
     time_ratios,
 )
@@ -68,6 +71,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> dict:
         "--grid-rows", "2",
         "--grid-crop", "16",
         "--no-progress",
+        "--no-memory",
     ]  # fmt: skip
     has_plot = _has_matplotlib()
     if not has_plot:
@@ -404,3 +408,22 @@ def test_diffpure_is_registered_with_the_published_chain(
     assert built.purifier.timesteps == list(range(99, -1, -1))  # t* = 100 steps, all kept
     assert {k: getattr(built.config, k) for k in DIFFPURE_KNOBS} == DIFFPURE_KNOBS
     assert make_defense("ddpm", "cpu").config.t_star == 30  # the tuned one reads defaults
+
+
+def test_defense_specs_name_other_weights(tiny_weights: Path) -> None:
+    assert split_defense_spec("jpeg") == ("jpeg", None)
+    assert split_defense_spec(f"ddpm@{tiny_weights}") == ("ddpm", tiny_weights)
+    name, folder = split_defense_spec("ddpm@ddpm-v1")  # looked up under weights/
+    assert name == "ddpm" and folder == Path(benchmark_cli.ROOT) / "weights" / "ddpm-v1"
+    assert defense_label(f"ddpm@{tiny_weights}") == "ours (defense.Defense), weights ddpm-v1"
+    defense = build_defense(f"diffpure@{tiny_weights}", "cpu")
+    assert defense.purifier.config.steps == 100
+    for bad, message in (
+        ("jpeg@ddpm-v1", "only ddpm"),
+        ("ddpm@", "only ddpm"),
+        ("ddpm@no-such-weights", "no weights folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            split_defense_spec(bad)
+    with pytest.raises(ValueError, match="no weights folder"):
+        benchmark_cli.parse_defenses("none,ddpm@no-such-weights")

@@ -302,3 +302,28 @@ def test_unsharp_mask_contract() -> None:
         unsharp_mask(x, -1.0, 1.0)
     with pytest.raises(ValueError, match="sigma"):
         gaussian_blur(x, 0.0)
+
+
+def test_large_images_are_purified_in_tiles(weights: Path) -> None:
+    x = images(batch=1, height=90, width=150, seed=3)
+    tiled = Defense(weights=weights, seed=5, tile=80).apply_defense(x)
+    reference = Defense(weights=weights, seed=5, tile=None)
+    expected = purifier.tiled_apply(x, reference.purifier, 80, defense.TILE_OVERLAP)
+    assert torch.equal(tiled, expected)
+    assert tiled.shape == x.shape and tiled.min() >= 0 and tiled.max() <= 1
+    whole = Defense(weights=weights, seed=5).apply_defense(x)  # below DEFAULT_TILE: one piece
+    assert torch.equal(whole, Defense(weights=weights, seed=5, tile=None).apply_defense(x))
+    assert not torch.equal(whole, tiled)
+
+
+@pytest.mark.parametrize("tile", [0, 64, 100.0, True])
+def test_bad_tile_sizes_are_rejected(weights: Path, tile: object) -> None:
+    with pytest.raises(ValueError, match="tile"):
+        Defense(weights=weights, tile=tile)
+
+
+def test_tiled_defense_still_validates_input(weights: Path) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        Defense(weights=weights, tile=80).apply_defense(
+            torch.zeros(1, 3, 100, 100, dtype=torch.uint8)
+        )
