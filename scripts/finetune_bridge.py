@@ -32,20 +32,15 @@ against the undefended Gain and written to the manifest. Checkpoints every
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import shlex
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import accelerate
 import diffusers
 import torch
-from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
@@ -64,23 +59,15 @@ from diffusion.bridge_loss import bridge_loss  # noqa: E402
 from image_io import list_images, load_image  # noqa: E402
 from iqa_losses import score_consistency_loss  # noqa: E402
 from model import MetricModel  # noqa: E402
-from paths import ROOT, WEIGHTS_DIR, default_data_dir  # noqa: E402
+from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
 from purifier import newest_release  # noqa: E402
 from schedulers import make_scheduler  # noqa: E402
+from scripts.denoiser_run import DenoiserRun  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
-    CHECKPOINT_DIR,
-    SNAPSHOT_DIR,
     RandomCrops,
-    TrainingProgress,
-    check_output_free,
-    checkpoints_oldest_first,
-    ema_copy,
     holdout_split,
-    latest_checkpoint,
     learning_rate,
     load_uint8,
-    save_weights,
-    setup_logging,
     stop_requests,
 )
 from scripts.tuning import TUNING_IMAGES  # noqa: E402
@@ -283,20 +270,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
     """The fine-tuning run; returns the exit code (0 when ``--output`` was written)."""
-    started = time.monotonic()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
-    check_output_free(output)
-    run_dir = args.run_dir or ROOT / "runs" / output.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
-    logger.info("command: %s", command)
-
-    metric = MetricModel("cpu", args.metric_checkpoint).eval()
+    run = DenoiserRun(args, command, stop_signal, logger)
+    version = args.version or run.output.name
+    metric = MetricModel(run.device, args.metric_checkpoint).eval()
     for parameter in metric.parameters():
         parameter.requires_grad_(False)
-    generator = torch.Generator().manual_seed(args.seed)
+    # each process of a data-parallel run draws its own pairs
+    generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
 
     data_dir = args.data or default_data_dir()
     train_dir = args.train_dir or data_dir / "clean" / "train"
@@ -335,25 +315,13 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     init = args.init or newest_release(WEIGHTS_DIR)
     verify_manifest(init)
     model = PixelUnshuffleUNet.from_pretrained(init, local_files_only=True)
-    model_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     scheduler = training_scheduler()
     scheduler_config = dict(scheduler.config)
-    logger.info("fine-tuning %s (%s)", init, model_config)
-
+    logger.info("fine-tuning %s", init)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, project_dir=str(run_dir))
-    model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMAModel(model.parameters(), decay=args.ema_decay)
-    progress = TrainingProgress(generator)
-    accelerator.register_for_checkpointing(ema, progress)
-    if args.resume:
-        checkpoint_dir = (
-            latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
-        )
-        accelerator.load_state(str(checkpoint_dir))
-        ema.to(accelerator.device)
-        logger.info("resumed from %s at step %d", checkpoint_dir, progress.step)
+    model, optimizer = run.prepare(model, optimizer, ema, generator)
 
     attacks = RandomAttacks(
         metric,
@@ -368,8 +336,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         t: make_scheduler("ddpm", t, args.chain_steps, "uniform", scheduler_config)
         for t in range(args.chain_t_star[0], args.chain_t_star[1] + 1)
     }
-    last_validation = validation(ema_copy(ema, model_config), scheduler_config)
-    logger.info("step %d validation %s", progress.step, last_validation)
+    last_validation = validation(run.ema_model(), scheduler_config)
+    logger.info("step %d validation %s", run.step, last_validation)
 
     def refill(count: int) -> None:
         if fixed is not None:
@@ -387,8 +355,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 "metric": str(args.metric_checkpoint or "stand-in (weights/standin-metric-v1)"),
                 **data_info,
                 "attacks": args.attacks if fixed is None else "fixed pairs",
-                "steps": progress.step,
-                "wall_time_seconds": round(progress.seconds, 1),
+                "steps": run.step,
+                "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
                 "options": {
                     k: (str(v) if isinstance(v, Path) else v)
@@ -402,26 +370,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 },
                 "validation": last_validation,
             },
-            "model": {"class": "PixelUnshuffleUNet", **model_config},
+            "model": {"class": "PixelUnshuffleUNet", **run.model_config},
         }
-
-    saved_at: list[int] = []
-
-    def checkpoint() -> None:
-        if saved_at and saved_at[-1] == progress.step:
-            return
-        saved_at.append(progress.step)
-        accelerator.save_state(str(run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
-        for old in checkpoints_oldest_first(run_dir)[:-2]:
-            shutil.rmtree(old)
-        save_weights(
-            ema_copy(ema, model_config),
-            run_dir / SNAPSHOT_DIR,
-            f"{output.name}-snapshot",
-            args.version or output.name,
-            info(),
-        )
-        logger.info("checkpoint and EMA snapshot at step %d", progress.step)
 
     with tqdm(desc="filling pair pool", total=args.pool_size) as bar:
         while len(pool) < args.pool_size:
@@ -429,109 +379,72 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             bar.n = len(pool)
             bar.refresh()
 
-    budget = args.max_minutes * 60 if args.max_minutes is not None else math.inf
-    max_steps = args.max_steps if args.max_steps is not None else sys.maxsize
-    seconds_before, session_start = progress.seconds, time.monotonic()
     sums: dict[str, float] = {}
     window = 0
-    bar = tqdm(
-        total=None if max_steps == sys.maxsize else max_steps,
-        initial=progress.step,
-        desc="bridge fine-tuning",
-        mininterval=1 if sys.stderr.isatty() else 60,
-    )
-    while progress.step < max_steps and not stop_signal:
-        elapsed = time.monotonic() - started
-        if elapsed >= budget:
-            logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
-            break
-        time_done = (seconds_before + elapsed) / (seconds_before + budget)
-        fraction = max(progress.step / max_steps, time_done if budget < math.inf else 0.0)
+    bar = run.progress_bar("bridge fine-tuning")
+    while not run.should_stop():
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, progress.step, fraction)
-
+            group["lr"] = learning_rate(args, run.step, run.fraction_done())
         refill(args.refresh)
         clean, attacked = pool.sample(args.batch_size, generator)
         keep_clean = torch.rand(args.batch_size, generator=generator) < args.clean_fraction
         attacked = torch.where(keep_clean.view(-1, 1, 1, 1), clean, attacked)
-        device = accelerator.device
-        clean_pm, attacked_pm = clean.to(device) * 2 - 1, attacked.to(device) * 2 - 1
+        clean, attacked = clean.to(run.device), attacked.to(run.device)
         timesteps = torch.randint(args.t_max, (args.batch_size,), generator=generator)
         terms = {
             "bridge": bridge_loss(
-                model, scheduler, clean_pm, attacked_pm, timesteps, generator, args.snr_gamma
+                model, scheduler, clean * 2 - 1, attacked * 2 - 1, timesteps, generator,
+                args.snr_gamma,
             ).loss
-        }
+        }  # fmt: skip
         if args.prior_weight > 0:
-            prior_clean = prior_crops.batch(args.prior_batch).to(device)
+            prior_clean = prior_crops.batch(args.prior_batch).to(run.device)
             prior_t = prior_sampler.sample(args.prior_batch, generator)
             terms["prior"] = args.prior_weight * epsilon_mse_loss(
                 model, scheduler, prior_clean, prior_t, generator
             )
         if args.metric_weight > 0:
-            t_star = int(
-                torch.randint(
-                    args.chain_t_star[0], args.chain_t_star[1] + 1, (), generator=generator
-                )
-            )
+            low, high = args.chain_t_star
+            t_star = int(torch.randint(low, high + 1, (), generator=generator))
             chain_scheduler, kept = chains[t_star]
             n = min(args.chain_batch, args.batch_size)
-            purified = run_purification(
-                attacked[:n].to(device), model, chain_scheduler, kept, generator
-            )
+            purified = run_purification(attacked[:n], model, chain_scheduler, kept, generator)
             with torch.no_grad():
-                reference = metric(clean[:n].to(device))
+                reference = metric(clean[:n])
             terms["metric"] = args.metric_weight * score_consistency_loss(
                 metric(purified), reference
             )
         loss = sum(terms.values())
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        run.accelerator.backward(loss)
+        run.accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(model.parameters())
-        progress.step += 1
-        progress.seconds = seconds_before + time.monotonic() - session_start
+        run.step_done()
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.item()
         window += 1
-        bar.update(1)
-        if progress.step % args.log_every == 0:
+        if run.step % args.log_every == 0:
             means = {k: round(v / window, 5) for k, v in sums.items()}
             logger.info(
                 "step %d %s lr %.2e pool linf %.4f elapsed %.1f min",
-                progress.step,
+                run.step,
                 means,
                 optimizer.param_groups[0]["lr"],
                 pool.mean_linf(),
-                elapsed / 60,
+                run.elapsed_minutes(),
             )
             bar.set_postfix(means)
             sums, window = {}, 0
-        if progress.step % args.val_every == 0:
-            last_validation = validation(ema_copy(ema, model_config), scheduler_config)
-            logger.info("step %d validation %s", progress.step, last_validation)
-        if progress.step % args.checkpoint_every == 0:
-            checkpoint()
-    bar.close()
+        if run.step % args.val_every == 0:
+            last_validation = validation(run.ema_model(), scheduler_config)
+            logger.info("step %d validation %s", run.step, last_validation)
+        if run.step % args.checkpoint_every == 0:
+            run.checkpoint(info(), version)
 
-    last_validation = validation(ema_copy(ema, model_config), scheduler_config)
-    logger.info("final validation at step %d: %s", progress.step, last_validation)
-    checkpoint()
-    if stop_signal:
-        logger.warning("stopped by signal %d; resume with --resume latest", stop_signal[0])
-        return 1
-    try:
-        check_output_free(output)
-    except SystemExit as err:
-        logger.error("%s; the EMA weights are in %s", err, run_dir / SNAPSHOT_DIR)
-        return 1
-    save_weights(
-        ema_copy(ema, model_config), output, output.name, args.version or output.name, info()
-    )
-    logger.info("wrote %s (%d steps, %.1f min)", output, progress.step, progress.seconds / 60)
-    print(json.dumps({"output": str(output), "steps": progress.step, **last_validation}))
-    return 0
+    last_validation = validation(run.ema_model(), scheduler_config)
+    logger.info("final validation at step %d: %s", run.step, last_validation)
+    return run.finish(info, version, last_validation)
 
 
 if __name__ == "__main__":

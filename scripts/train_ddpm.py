@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
-import os
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -36,13 +33,11 @@ from typing import Any
 import accelerate
 import diffusers
 import torch
-from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_parallel import launched_without_gpus  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -52,31 +47,13 @@ from diffusion import (  # noqa: E402
 )
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
 from image_io import ImageReadError, list_images, load_image  # noqa: E402
-from paths import ROOT, default_data_dir  # noqa: E402
-from weights_manifest import MANIFEST, verify_manifest, write_manifest  # noqa: E402
+from paths import default_data_dir  # noqa: E402
+from scripts.denoiser_run import DenoiserRun  # noqa: E402
+from weights_manifest import verify_manifest  # noqa: E402
 
 logger = logging.getLogger("train_ddpm")
 
 VALIDATION_SIGMAS = (10 / 255, 25 / 255)
-SNAPSHOT_DIR = "ema_latest"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingProgress:
-    """Step count, training seconds and the data RNG state, checkpointed with the model."""
-
-    def __init__(self, generator: torch.Generator) -> None:
-        self.step = 0
-        self.seconds = 0.0
-        self.generator = generator
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seconds": self.seconds, "rng": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.seconds = float(state["seconds"])
-        self.generator.set_state(state["rng"])
 
 
 class RandomCrops:
@@ -151,14 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_output_free(output: Path) -> None:
-    """Refuse to overwrite a released weights folder (or any non-empty folder)."""
-    if (output / MANIFEST).exists():
-        raise SystemExit(f"{output} already holds released weights ({MANIFEST}); choose a new name")
-    if output.exists() and any(output.iterdir()):
-        raise SystemExit(f"{output} exists and is not empty; choose a new --output")
-
-
 def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:
     """Evenly spaced images of the sorted list are held out: ``(train, holdout)``."""
     if len(paths) <= count:
@@ -189,13 +158,6 @@ def centre_crops(paths: list[Path], size: int) -> torch.Tensor:
     return torch.stack(crops)
 
 
-def ema_copy(ema: EMAModel, config: dict[str, Any]) -> PixelUnshuffleUNet:
-    """A fresh fp32 model holding the EMA weights, in eval mode."""
-    model = PixelUnshuffleUNet.from_config(config)
-    ema.copy_to(model.parameters())
-    return model.eval()
-
-
 def validate(model: PixelUnshuffleUNet, images: torch.Tensor, seed: int) -> dict[str, float]:
     """One-shot x0 PSNR (dB) on the held-out crops at each validation sigma."""
     scheduler_config = training_scheduler().config
@@ -208,51 +170,12 @@ def validate(model: PixelUnshuffleUNet, images: torch.Tensor, seed: int) -> dict
     return results
 
 
-def save_weights(
-    model: PixelUnshuffleUNet, folder: Path, name: str, version: str, info: dict
-) -> None:
-    """Write model + scheduler config + manifest into a temp folder, then rename to ``folder``."""
-    tmp = folder.parent / f".{folder.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    training_scheduler().save_pretrained(tmp)
-    write_manifest(tmp, name, version, **info)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-
-
-def checkpoints_oldest_first(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / CHECKPOINT_DIR).glob("step_*"), key=lambda p: int(p.name[5:]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    candidates = checkpoints_oldest_first(run_dir)
-    if not candidates:
-        raise SystemExit(f"no checkpoint to resume under {run_dir / CHECKPOINT_DIR}")
-    return candidates[-1]
-
-
 def learning_rate(args: argparse.Namespace, step: int, fraction_done: float) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the step/time budget."""
     if step < args.warmup_steps:
         return args.lr * (step + 1) / args.warmup_steps
     floor = args.min_lr_ratio
     return args.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(fraction_done, 1.0))))
-
-
-def setup_logging(run_dir: Path) -> None:
-    """Log to ``run_dir/train_log.txt`` and stderr (replacing handlers of an earlier call)."""
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.FileHandler(run_dir / "train_log.txt"), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 @contextlib.contextmanager
@@ -278,25 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
     """The training run; returns the exit code (0 when ``--output`` was written)."""
-    started = time.monotonic()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
-    check_output_free(output)
-    run_dir = args.run_dir or ROOT / "runs" / output.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
-    # Several launched processes (accelerate launch / torchrun) train data-parallel: each draws
-    # its own crops; only the main one logs info and writes weights.
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        project_dir=str(run_dir),
-        cpu=launched_without_gpus(),
-    )
-    if not accelerator.is_main_process:
-        logger.setLevel(logging.WARNING)
-    logger.info("command: %s", command)
-
+    run = DenoiserRun(args, command, stop_signal, logger)
     data_dir = args.data or default_data_dir()
     train_dir = args.train_dir or data_dir / "clean" / "train"
     train_paths, holdout_paths = holdout_split(list_images(train_dir, recursive=True), args.holdout)
@@ -307,7 +212,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         len(holdout_paths),
         ", ".join(p.name for p in holdout_paths),
     )
-    generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
+    # each process of a data-parallel run draws its own crops
+    generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
     crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
     val_images = centre_crops(holdout_paths, args.val_crop)
 
@@ -322,32 +228,21 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             layers_per_block=args.layers_per_block,
             norm_num_groups=args.norm_groups,
         )
-    model_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
     logger.info(
-        "model %s, %.2fM parameters", model_config, sum(p.numel() for p in model.parameters()) / 1e6
+        "model %s, %.2fM parameters",
+        {k: v for k, v in model.config.items() if not k.startswith("_")},
+        sum(p.numel() for p in model.parameters()) / 1e6,
     )
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=2 / 3)
-    progress = TrainingProgress(generator)
-    accelerator.register_for_checkpointing(ema, progress)
-    if args.resume:
-        checkpoint = latest_checkpoint(run_dir) if args.resume == "latest" else Path(args.resume)
-        accelerator.load_state(str(checkpoint))
-        ema.to(accelerator.device)
-        logger.info("resumed from %s at step %d", checkpoint, progress.step)
+    model, optimizer = run.prepare(model, optimizer, ema, generator)
 
     scheduler = training_scheduler()
     sampler = TimestepSampler(scheduler.config.num_train_timesteps)
     logger.info(
         "%s, batch %d x %dpx, %s", sampler, args.batch_size, args.crop, args.mixed_precision
     )
-
-    budget = args.max_minutes * 60 if args.max_minutes is not None else math.inf
-    max_steps = args.max_steps if args.max_steps is not None else sys.maxsize
-    seconds_before = progress.seconds
-    session_start = time.monotonic()
     last_validation: dict[str, float] = {}
 
     def training_info() -> dict[str, Any]:
@@ -356,8 +251,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 "data_folder": str(train_dir.resolve()),
                 "num_images": len(crops.images),
                 "holdout_images": [p.name for p in holdout_paths],
-                "steps": progress.step,
-                "wall_time_seconds": round(progress.seconds, 1),
+                "steps": run.step,
+                "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
                 "init": str(args.init) if args.init else None,
                 "batch_size": args.batch_size,
@@ -372,104 +267,45 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 },
                 "validation": last_validation,
             },
-            "model": {"class": "PixelUnshuffleUNet", **model_config},
+            "model": {"class": "PixelUnshuffleUNet", **run.model_config},
         }
 
-    saved_at: list[int] = []
-
-    def checkpoint() -> None:
-        if saved_at and saved_at[-1] == progress.step:
-            return
-        saved_at.append(progress.step)
-        accelerator.save_state(str(run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
-        for old in checkpoints_oldest_first(run_dir)[:-2]:
-            shutil.rmtree(old)
-        save_weights(
-            ema_copy(ema, model_config),
-            run_dir / SNAPSHOT_DIR,
-            f"{output.name}-snapshot",
-            args.version,
-            training_info(),
-        )
-        logger.info("checkpoint and EMA snapshot at step %d", progress.step)
-
-    bar = tqdm(
-        total=None if max_steps == sys.maxsize else max_steps,
-        initial=progress.step,
-        desc="training",
-        mininterval=1 if sys.stderr.isatty() else 60,
-        disable=not accelerator.is_main_process,
-    )
+    bar = run.progress_bar("training")
     loss_sum, loss_count, window_start = 0.0, 0, time.monotonic()
-    while progress.step < max_steps:
-        elapsed = time.monotonic() - started
-        if elapsed >= budget or stop_signal:
-            accelerator.set_trigger()
-        if accelerator.check_trigger():  # all processes stop at the same step
-            if not stop_signal:
-                logger.info("wall-clock budget of %.1f min reached", args.max_minutes)
-            break
-        # share of the whole run done (a resumed run continues the cosine, over old + new budget)
-        time_done = (seconds_before + elapsed) / (seconds_before + budget)
-        fraction = max(progress.step / max_steps, time_done if budget < math.inf else 0.0)
+    while not run.should_stop():
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(args, progress.step, fraction)
-        clean = crops.batch(args.batch_size).to(accelerator.device)
+            group["lr"] = learning_rate(args, run.step, run.fraction_done())
+        clean = crops.batch(args.batch_size).to(run.device)
         timesteps = sampler.sample(args.batch_size, generator)
         loss = epsilon_mse_loss(model, scheduler, clean, timesteps, generator)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        run.accelerator.backward(loss)
+        run.accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(model.parameters())
-        progress.step += 1
-        progress.seconds = seconds_before + time.monotonic() - session_start
+        run.step_done()
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-        bar.update(1)
-        if progress.step % args.log_every == 0:
+        if run.step % args.log_every == 0:
             rate = loss_count / (time.monotonic() - window_start)
             logger.info(
                 "step %d loss %.5f lr %.2e %.2f steps/s elapsed %.1f min",
-                progress.step,
+                run.step,
                 loss_sum / loss_count,
                 optimizer.param_groups[0]["lr"],
                 rate,
-                elapsed / 60,
+                run.elapsed_minutes(),
             )
             bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
             loss_sum, loss_count, window_start = 0.0, 0, time.monotonic()
-        if progress.step % args.val_every == 0:
-            last_validation = validate(ema_copy(ema, model_config), val_images, args.seed)
-            logger.info("step %d validation (EMA, one-shot) %s", progress.step, last_validation)
-        if progress.step % args.checkpoint_every == 0:
-            checkpoint()
-    bar.close()
+        if run.step % args.val_every == 0:
+            last_validation = validate(run.ema_model(), val_images, args.seed)
+            logger.info("step %d validation (EMA, one-shot) %s", run.step, last_validation)
+        if run.step % args.checkpoint_every == 0:
+            run.checkpoint(training_info(), args.version)
 
-    last_validation = validate(ema_copy(ema, model_config), val_images, args.seed)
-    logger.info("final validation (EMA, one-shot) at step %d: %s", progress.step, last_validation)
-    checkpoint()
-    accelerator.end_training()  # ends the process group of a data-parallel run
-    if not accelerator.is_main_process:
-        return 0
-    if stop_signal:
-        logger.warning(
-            "stopped by signal %d; EMA snapshot in %s, resume with --resume latest",
-            stop_signal[0],
-            run_dir / SNAPSHOT_DIR,
-        )
-        return 1
-    try:
-        check_output_free(output)
-    except SystemExit as err:
-        logger.error("%s; the EMA weights are in %s", err, run_dir / SNAPSHOT_DIR)
-        return 1
-    save_weights(ema_copy(ema, model_config), output, output.name, args.version, training_info())
-    logger.info("wrote %s (%d steps, %.1f min)", output, progress.step, progress.seconds / 60)
-    print(json.dumps({"output": str(output), "steps": progress.step, **last_validation}))
-    return 0
+    last_validation = validate(run.ema_model(), val_images, args.seed)
+    logger.info("final validation (EMA, one-shot) at step %d: %s", run.step, last_validation)
+    return run.finish(training_info, args.version, last_validation)
 
 
 if __name__ == "__main__":

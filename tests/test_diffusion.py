@@ -436,7 +436,7 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
 
 
 def test_train_script_helpers(tmp_path: Path) -> None:
-    from scripts import train_ddpm
+    from scripts import denoiser_run, train_ddpm
 
     paths = [Path(f"{i:02d}.png") for i in range(20)]
     train, holdout = train_ddpm.holdout_split(paths, 4)
@@ -453,8 +453,8 @@ def test_train_script_helpers(tmp_path: Path) -> None:
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     with pytest.raises(SystemExit, match="not empty"):
-        train_ddpm.check_output_free(tmp_path / "used")
-    train_ddpm.check_output_free(tmp_path / "fresh")
+        denoiser_run.check_output_free(tmp_path / "used")
+    denoiser_run.check_output_free(tmp_path / "fresh")
 
 
 def test_eval_script_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
