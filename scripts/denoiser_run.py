@@ -9,13 +9,16 @@ snapshot, resuming, and writing the released weights folder at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import shlex
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,36 @@ def setup_logging(logger: logging.Logger, run_dir: Path) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Collect SIGINT/SIGTERM into a list (so the loop can stop cleanly); restore handlers."""
+    received: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+TrainFn = Callable[[argparse.Namespace, str, list[int]], int]
+
+
+def run_script(
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    train: TrainFn,
+    argv: Sequence[str] | None,
+) -> int:
+    """A training script's ``main``: parse, record the command, train with stop signals
+    collected; the exit code."""
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
+    with stop_requests() as stop_signal:
+        return train(args, command, stop_signal)
 
 
 class DenoiserRun:

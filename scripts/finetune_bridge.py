@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,13 +61,12 @@ from model import MetricModel  # noqa: E402
 from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
 from purifier import newest_release  # noqa: E402
 from schedulers import make_scheduler  # noqa: E402
-from scripts.denoiser_run import DenoiserRun  # noqa: E402
+from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
     holdout_split,
     learning_rate,
     load_uint8,
-    stop_requests,
 )
 from scripts.tuning import TUNING_IMAGES  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
@@ -262,10 +260,7 @@ def validation_set(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    with stop_requests() as stop_signal:
-        return train(args, command, stop_signal)
+    return run_script(parse_args, train, argv)
 
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:

@@ -19,14 +19,10 @@ run after a checkpoint and snapshot, without writing ``--output``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-import shlex
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +44,7 @@ from diffusion import (  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
 from image_io import ImageReadError, list_images, load_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
-from scripts.denoiser_run import DenoiserRun  # noqa: E402
+from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
 
 logger = logging.getLogger("train_ddpm")
@@ -178,25 +174,8 @@ def learning_rate(args: argparse.Namespace, step: int, fraction_done: float) -> 
     return args.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(fraction_done, 1.0))))
 
 
-@contextlib.contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """Collect SIGINT/SIGTERM into a list (so the loop can stop cleanly); restore handlers."""
-    received: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, _frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
-    with stop_requests() as stop_signal:
-        return train(args, command, stop_signal)
+    return run_script(parse_args, train, argv)
 
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:

@@ -7,9 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from defense import Defense
 from diffusion import PixelUnshuffleUNet, training_scheduler
-from model import IQAModel
+from model import IQAModel, MetricModel, TrunkSpec
+from purifier import PurifierConfig
+from standin_metric import save_standin
 from weights_manifest import write_manifest
+
+TINY_DEFENSE_KNOBS = {"t_star": 20, "steps": 2}
 
 P1Q2_K = [0.5, 2.0, 3.0]
 P1Q2_B = [10.0, 20.0, 30.0]
@@ -46,3 +51,20 @@ def write_tiny_release(folder: Path, seed: int = 0) -> Path:
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<tmp>/weights/ddpm-v1``: a tiny released denoiser for fast tests."""
     return write_tiny_release(tmp_path_factory.mktemp("weights") / "ddpm-v1")
+
+
+@pytest.fixture(scope="module")
+def tiny_defense(tiny_weights: Path) -> Defense:
+    """``Defense`` on the tiny denoiser, seed 0, t*=20 with 2 steps (``TINY_DEFENSE_KNOBS``)."""
+    return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**TINY_DEFENSE_KNOBS))
+
+
+@pytest.fixture(scope="session")
+def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> MetricModel:
+    """A ``MetricModel`` on a tiny random stand-in trunk saved as a stand-in folder."""
+    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tiny = IQAModel(spec).eval()
+    folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
+    return MetricModel("cpu", save_standin(tiny, [1.0] * 3, [0.0] * 3, folder))

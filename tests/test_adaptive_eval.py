@@ -17,7 +17,6 @@ from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loo
 from defense import Defense
 from image_io import save_image
 from model import IQAModel, TrunkSpec
-from purifier import PurifierConfig
 from scripts.benchmarking import harness
 from standin_metric import save_standin
 
@@ -30,8 +29,8 @@ def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def defense(tiny_weights: Path) -> Defense:
-    return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**KNOBS))
+def defense(tiny_defense: Defense) -> Defense:
+    return tiny_defense
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:

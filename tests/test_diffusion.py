@@ -480,10 +480,10 @@ def test_train_script_stops_on_signal_without_output(tmp_path: Path) -> None:
     import os
     import signal
 
-    from scripts import train_ddpm
+    from scripts import denoiser_run, train_ddpm
 
     before = signal.getsignal(signal.SIGTERM)
-    with train_ddpm.stop_requests() as received:
+    with denoiser_run.stop_requests() as received:
         os.kill(os.getpid(), signal.SIGTERM)
         assert received == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is before

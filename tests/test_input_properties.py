@@ -20,9 +20,7 @@ from hypothesis import strategies as st
 import purifier.config
 from defense import Defense
 from image_checks import check_images
-from model import IQAModel, MetricModel, TrunkSpec
-from purifier import PurifierConfig
-from standin_metric import save_standin
+from model import MetricModel
 
 PROPERTY = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -37,18 +35,13 @@ def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def defense(tiny_weights: Path) -> Defense:
-    return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(t_star=20, steps=2))
+def defense(tiny_defense: Defense) -> Defense:
+    return tiny_defense
 
 
 @pytest.fixture(scope="module")
-def metric(tmp_path_factory: pytest.TempPathFactory) -> MetricModel:
-    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        tiny = IQAModel(spec).eval()
-    folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
-    return MetricModel("cpu", save_standin(tiny, [1.0] * 3, [0.0] * 3, folder))
+def metric(tiny_metric: MetricModel) -> MetricModel:
+    return tiny_metric
 
 
 @st.composite

@@ -23,12 +23,11 @@ from defense import Defense
 from defenses import make_defense
 from image_checks import RANGE_SLACK, check_images
 from image_io import load_image, save_image
-from model import IQAModel, MetricModel, TrunkSpec
+from model import MetricModel
 from paths import ROOT
 from purifier import PurifierConfig
 from purifier.tiling import tiled_apply
 from scripts.purify import main as purify_main
-from standin_metric import save_standin
 
 KNOBS = {"t_star": 20, "steps": 2}
 # Few, tiny examples: the suite must stay fast on a shared 2-core machine.
@@ -43,18 +42,13 @@ def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def defense(tiny_weights: Path) -> Defense:
-    return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**KNOBS))
+def defense(tiny_defense: Defense) -> Defense:
+    return tiny_defense
 
 
 @pytest.fixture(scope="module")
-def metric(tmp_path_factory: pytest.TempPathFactory) -> MetricModel:
-    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        tiny = IQAModel(spec).eval()
-    folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
-    return MetricModel("cpu", save_standin(tiny, [1.0] * 3, [0.0] * 3, folder))
+def metric(tiny_metric: MetricModel) -> MetricModel:
+    return tiny_metric
 
 
 def rand(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
