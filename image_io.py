@@ -9,8 +9,6 @@ killed writer left behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,9 @@ import torch
 from einops import rearrange
 from PIL import Image, UnidentifiedImageError
 
+from atomic_write import TEMP_SUFFIX, publish, temp_path
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-TEMP_SUFFIX = ".part"
 # What PIL raises for a file it cannot decode. DecompressionBombError (more than twice
 # Image.MAX_IMAGE_PIXELS pixels) derives from Exception only, so it is named explicitly.
 DECODE_ERRORS = (
@@ -68,18 +67,16 @@ def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(to_uint8(image))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image extension: {path.suffix!r}")
+    tmp = temp_path(path)
     try:
-        fmt = Image.registered_extensions().get(path.suffix.lower())
-        if fmt is None:
-            raise ValueError(f"unknown image extension: {path.suffix!r}")
         options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
         pil.save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def temp_file_target(path: str | Path) -> Path | None:

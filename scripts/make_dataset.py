@@ -24,9 +24,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from accelerate import PartialState  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.uap import metric_tag  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
@@ -132,13 +131,6 @@ def cropped_pixels(path: Path, crop: int | None) -> int:
     )
 
 
-def _write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def record_settings(out_dir: Path, settings: dict[str, Any], write: bool = True) -> None:
     """Merge ``settings`` into ``OUT/attacks.json``; refuse if they contradict it. ``write=False``
     only checks (the other processes of a data-parallel run: the main one writes)."""
@@ -159,7 +151,9 @@ def record_settings(out_dir: Path, settings: dict[str, Any], write: bool = True)
             )
         attacks[name] = desc
     if write:
-        _write_json_atomic({**old, **settings, "attacks": attacks}, path)
+        write_text_atomic(
+            json.dumps({**old, **settings, "attacks": attacks}, indent=2) + "\n", path
+        )
 
 
 def make_dataset(

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from atomic_write import write_text_atomic
 from image_io import list_images
 from purifier import PurifierConfig, load_default_config
 from schedulers import nearest_ddim_t_star
@@ -405,14 +405,6 @@ def provenance_path(defaults_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.provenance.json")
 
 
-def _write_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_defaults(
     config: PurifierConfig, path: str | Path, provenance: Mapping[str, Any]
 ) -> tuple[Path, Path]:
@@ -426,6 +418,6 @@ def write_defaults(
         if load_default_config(probe) != config:
             raise ValueError(f"{config} does not survive a round trip through defaults.json")
     record = provenance_path(path)
-    _write_atomic(json.dumps(json_ready(dict(provenance)), indent=2) + "\n", record)
-    _write_atomic(text, path)
+    write_text_atomic(json.dumps(json_ready(dict(provenance)), indent=2) + "\n", record)
+    write_text_atomic(text, path)
     return path, record

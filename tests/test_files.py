@@ -305,3 +305,19 @@ def test_harness_names_an_unreadable_image(
     identity = make_defense("none", torch.device("cpu"))
     with pytest.raises(ValueError, match=rf"cannot read image .*{which}/x\.png"):
         harness.evaluate(pairs, identity, lambda x: x.mean((1, 2, 3)), progress=False)
+
+
+def test_atomic_writes_get_default_permissions(tmp_path: Path) -> None:
+    import os
+
+    from atomic_write import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        save_image(torch.zeros(3, 4, 4), tmp_path / "a.png")
+        write_text_atomic("{}", tmp_path / "b.json")
+    finally:
+        os.umask(umask)
+    for name in ("a.png", "b.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]  # no temp left

@@ -36,8 +36,12 @@ def test_release_matches_its_manifest_and_stays_small(folder: Path) -> None:
         assert (folder / name).stat().st_size < 40 * 2**20, name
 
 
-def test_shipped_denoiser_loads_and_predicts_noise() -> None:
-    model, config = load_denoiser(WEIGHTS_DIR / "ddpm-v1", "cpu")
+DENOISERS = sorted(p.name for p in RELEASES if p.name.startswith("ddpm-v"))
+
+
+@pytest.mark.parametrize("name", DENOISERS)
+def test_shipped_denoiser_loads_and_predicts_noise(name: str) -> None:
+    model, config = load_denoiser(WEIGHTS_DIR / name, "cpu")
     assert config["num_train_timesteps"] == 1000 and config["prediction_type"] == "epsilon"
     reference = load_image(SAMPLE / "reference" / "kodim23.png")[None] * 2 - 1
     noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
@@ -90,3 +94,17 @@ def test_harness_scores_the_sample_end_to_end(tmp_path: Path) -> None:
     subprocess.run([*command, "--no_progress"], check=True, cwd=ROOT, capture_output=True)
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + 10 + 1 and rows[-1].startswith("All Attacks")
+
+
+@pytest.mark.parametrize("attack", ["ifgsm", "ssah", "korhonen"])
+def test_default_defense_removes_most_of_a_sample_attack(attack: str) -> None:
+    """The shipped Defense (newest weights, tuned defaults) on one attacked Kodak crop."""
+    from defense import Defense
+
+    metric = MetricModel("cpu")
+    reference = load_image(SAMPLE / "reference" / "kodim23.png")[None]
+    attacked = load_image(SAMPLE / "attacked" / attack / "kodim23.png")[None]
+    with torch.no_grad():
+        defended = Defense("cpu", seed=0).apply_defense(attacked)
+        ref, adv, out = metric(torch.cat([reference, attacked, defended])).flatten().tolist()
+    assert abs(out - ref) < 0.3 * abs(adv - ref)
