@@ -117,8 +117,14 @@ def test_choose_minimises_gain_plus_clean_gain_under_budget_and_quality_floor() 
     ]
     best, met = choose(trials, budget=1.0, min_quality=0.8)
     assert best.config.t_star == 40 and met
-    best, met = choose(trials, budget=1.0, min_quality=0.99)  # nobody reaches it
-    assert best.config.t_star == 30 and not met
+    # nobody reaches 0.99: objective + 100 x shortfall = 10.5 (t*=10), 29.3 (30), 5.5 (40)
+    best, met = choose(trials, budget=1.0, min_quality=0.99)
+    assert best.config.t_star == 40 and not met
+    sharp = _trial(60, gain=1.0, quality=0.80, clean=0.0, ratio=0.5)
+    smooth = _trial(70, gain=5.0, quality=0.90, clean=0.0, ratio=0.5)
+    smoother = _trial(80, gain=12.0, quality=0.90, clean=0.0, ratio=0.5)
+    assert choose([sharp, smooth], 1.0, 0.95)[0] is smooth  # 1 + 15 > 5 + 5
+    assert choose([sharp, smoother], 1.0, 0.95)[0] is sharp  # 1 + 15 < 12 + 5
     with pytest.raises(ValueError, match="no configuration ran within the budget of 0.1"):
         choose(trials, budget=0.1, min_quality=0.0)
     assert trials[0].objective == 1.5
