@@ -64,6 +64,7 @@ from schedulers import make_scheduler  # noqa: E402
 from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
+    centre_crops,
     holdout_split,
     learning_rate,
     load_uint8,
@@ -245,13 +246,7 @@ def validation_set(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre crops of ``paths`` attacked by each of ``VALIDATION_ATTACKS`` (defaults, seeded):
     ``(clean, attacked)`` both ``(N * attacks, 3, s, s)`` in [0, 1]."""
-    images = [load_image(p) for p in paths]
-    size = min([size] + [min(img.shape[-2:]) for img in images])
-    crops = []
-    for img in images:
-        top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
-        crops.append(img[:, top : top + size, left : left + size])
-    clean = torch.stack(crops)
+    clean = centre_crops(paths, size)
     attacked = []
     for i, name in enumerate(tqdm(VALIDATION_ATTACKS, desc="validation attacks")):
         generator = torch.Generator().manual_seed(seed + i)

@@ -211,7 +211,7 @@ def test_evaluation_refuses_bad_input(defense: Defense, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def toy_standin_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -221,7 +221,9 @@ def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, tiny_metric: Path) -> dict:
+def report(
+    tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, toy_standin_folder: Path
+) -> dict:
     root = tmp_path_factory.mktemp("adaptive")
     for i in range(2):
         save_image(rand(3, 20, 24 + i, seed=10 + i), root / "images" / f"img{i}.png")
@@ -236,7 +238,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path, tiny_me
         "--weights", str(tiny_weights),
         "--t-star", "20",
         "--steps", "2",
-        "--metric", str(tiny_metric),
+        "--metric", str(toy_standin_folder),
         "--output", str(root / "out" / "adaptive.md"),
         "--no-progress",
     ]  # fmt: skip
