@@ -147,8 +147,8 @@ class DenoiserRun:
         run = DenoiserRun(args, command, stop_signal, logger)
         model, optimizer, ema = run.prepare(model, optimizer, ema_decay, generator)
         while not run.should_stop():
-            ...  # lr from run.fraction_done(); one optimiser step; ema.step(...)
-            run.step_done()
+            ...  # lr from run.fraction_done(); the loss
+            run.optimizer_step(loss, model, optimizer)
         return run.finish(info_fn, validation)
     """
 
@@ -255,6 +255,18 @@ class DenoiserRun:
         time_done = (self._seconds_before + elapsed) / (self._seconds_before + self.budget)
         by_time = time_done if self.budget < math.inf else 0.0
         return max(self.progress.step / self.max_steps, by_time)
+
+    def optimizer_step(
+        self, loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Backpropagate ``loss``, clip the gradient norm to 1, step and clear the optimiser,
+        update the EMA and count the step."""
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.ema.step(model.parameters())
+        self.step_done()
 
     def step_done(self) -> None:
         """Count one optimiser step (and its training time)."""

@@ -405,12 +405,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 metric(purified), reference
             )
         loss = sum(terms.values())
-        run.accelerator.backward(loss)
-        run.accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(model.parameters())
-        run.step_done()
+        run.optimizer_step(loss, model, optimizer)
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.item()
         window += 1

@@ -257,12 +257,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         clean = crops.batch(args.batch_size).to(run.device)
         timesteps = sampler.sample(args.batch_size, generator)
         loss = epsilon_mse_loss(model, scheduler, clean, timesteps, generator)
-        run.accelerator.backward(loss)
-        run.accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(model.parameters())
-        run.step_done()
+        run.optimizer_step(loss, model, optimizer)
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         if run.step % args.log_every == 0:
             rate = loss_count / (time.monotonic() - window_start)
