@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import purifier.config
 from defense import Defense
 from diffusion import PixelUnshuffleUNet, training_scheduler
 from model import IQAModel, MetricModel, TrunkSpec
@@ -18,6 +19,13 @@ TINY_DEFENSE_KNOBS = {"t_star": 20, "steps": 2}
 
 P1Q2_K = [0.5, 2.0, 3.0]
 P1Q2_B = [10.0, 20.0, 30.0]
+
+
+@pytest.fixture
+def provisional_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The purifier sees its provisional defaults whatever the tuner has written
+    (``purifier/defaults.json`` is pointed at a missing file)."""
+    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
 
 
 @pytest.fixture(scope="session")

@@ -23,9 +23,7 @@ from standin_metric import save_standin
 KNOBS = {"t_star": 20, "steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,7 @@ from scripts.benchmarking import (
 DEFENSES = ("none", "blur", "resize", "ddpm", "diffpure")
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Diffusion defenses see the provisional defaults whatever the tuner has written."""
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,7 @@ def weights(tiny_weights: Path) -> Path:
     return tiny_weights
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Tests see the provisional defaults whatever the tuner has written."""
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 def images(batch: int = 2, height: int = 16, width: int = 20, seed: int = 1) -> torch.Tensor:

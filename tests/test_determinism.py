@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-import purifier.config
 from attacks import ATTACKS, make_attack
 from attacks.eot import GaussianNoise
 from defense import Defense
@@ -32,9 +31,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 @contextmanager

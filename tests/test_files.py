@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-import purifier.config
 from defenses import make_defense
 from image_io import ImageReadError, load_image, save_image, temp_file_target
 from paths import ROOT
@@ -26,9 +25,7 @@ from scripts.purify import main as purify_main
 FAST = ["--t-star", "20", "--steps", "2", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 def random_image(height: int, width: int, seed: int) -> torch.Tensor:

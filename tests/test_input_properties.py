@@ -10,14 +10,12 @@ returns a finite result of the documented shape (images in [0, 1], scores ``(B, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import purifier.config
 from defense import Defense
 from image_checks import check_images
 from model import MetricModel
@@ -29,9 +27,7 @@ SPECIAL = [float("nan"), float("inf"), -float("inf"), -0.5, 1.5, 255.0, -1e-3, 1
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64]
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import purifier.config
 from attacks import make_attack
 from defense import Defense
 from defenses import make_defense
@@ -36,9 +35,7 @@ FAST = settings(
 )
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import purifier.config
 from image_io import load_image, save_image
 from purifier.folder_plan import batches_by_size, check_folders, plan_folder
 from purifier.tiling import edge_window, tile_spans, tiled_apply
@@ -23,9 +22,7 @@ def weights(tiny_weights: Path) -> Path:
     return tiny_weights
 
 
-@pytest.fixture(autouse=True)
-def no_defaults_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
+pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
 def random_image(height: int, width: int, seed: int) -> torch.Tensor:
