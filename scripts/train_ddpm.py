@@ -195,11 +195,15 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
     crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
     val_images = centre_crops(holdout_paths, args.val_crop)
+    init_validation: dict[str, float] = {}
 
     if args.init:
         verify_manifest(args.init)
         model = PixelUnshuffleUNet.from_pretrained(args.init, local_files_only=True)
         logger.info("fine-tuning from %s", args.init)
+        # what the fine-tune buys: the starting weights on the same held-out crops
+        init_validation = validate(model.eval(), val_images, args.seed)
+        logger.info("validation of the initial weights (one-shot) %s", init_validation)
     else:
         model = PixelUnshuffleUNet(
             unshuffle=args.unshuffle,
@@ -245,6 +249,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                     "accelerate": accelerate.__version__,
                 },
                 "validation": last_validation,
+                "init_validation": init_validation,
             },
             "model": {"class": "PixelUnshuffleUNet", **run.model_config},
         }

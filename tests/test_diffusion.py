@@ -411,6 +411,7 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
     assert training["steps"] == 3 and training["num_images"] == 4
     assert training["holdout_images"] == ["img2.png", "img4.png"]
     assert set(training["validation"]) == {"psnr_sigma10", "psnr_sigma25"}
+    assert training["init_validation"] == {}
     model, scheduler_config = load_denoiser(output)
     assert model.config.block_out_channels == (8, 16) or model.config.block_out_channels == [8, 16]
     assert scheduler_config["num_train_timesteps"] == 1000
@@ -433,6 +434,9 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
         str(tmp_path / "r3"),
     ]
     assert train_ddpm.main(argv3 + TINY_ARGS + ["--init", str(output)]) == 0
+    # the starting weights are scored on the same held-out crops as the released ones were
+    fine_training = json.loads((fine / "manifest.json").read_text())["training"]
+    assert fine_training["init_validation"] == training["validation"]
 
 
 def test_train_script_helpers(tmp_path: Path) -> None:
@@ -457,23 +461,62 @@ def test_train_script_helpers(tmp_path: Path) -> None:
     denoiser_run.check_output_free(tmp_path / "fresh")
 
 
-def test_eval_script_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_script_compares_weights_on_the_same_noisy_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from scripts import eval_denoiser
 
     _release(tmp_path / "w")
+    _release(tmp_path / "w2")
     gen = torch.Generator().manual_seed(0)
     for name in ("kodim01.png", "kodim02.png"):
         save_image(
             torch.rand(3, 24, 32, generator=gen), tmp_path / "data" / "clean" / "eval" / name
         )
     out = tmp_path / "eval.json"
-    argv = ["--weights", str(tmp_path / "w"), "--data", str(tmp_path / "data"), "--crop", "16"]
+    weights = ["--weights", str(tmp_path / "w"), str(tmp_path / "w2")]
+    argv = weights + ["--data", str(tmp_path / "data"), "--crop", "16"]
     assert eval_denoiser.main(argv + ["--no-timing", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    assert figures["images"] == 2
+    assert figures["images"] == 2 and figures["source"] == "Kodak24"
     assert set(figures["psnr"]) == {"sigma10", "sigma25"}
-    assert figures["psnr"]["sigma10"]["timestep"] == 20
-    assert "ddpm" in capsys.readouterr().out
+    row = figures["psnr"]["sigma10"]
+    assert row["timestep"] == 20
+    # identical weights on identical noisy inputs: identical PSNR
+    assert row[str(tmp_path / "w")] == row[str(tmp_path / "w2")]
+    assert set(figures["models"]) == {str(tmp_path / "w"), str(tmp_path / "w2")}
+    assert "one-shot x0" in capsys.readouterr().out
+
+
+def test_eval_script_takes_an_image_folder_and_rejects_bad_input(tmp_path: Path) -> None:
+    from scripts import eval_denoiser
+
+    _release(tmp_path / "w")
+    folder = tmp_path / "mine"
+    save_image(torch.rand(3, 20, 18, generator=torch.Generator().manual_seed(1)), folder / "a.jpg")
+    save_image(torch.rand(3, 16, 16), folder / "sub" / "b.png")
+    out = tmp_path / "eval.json"
+    argv = ["--weights", str(tmp_path / "w"), "--images", str(folder), "--no-timing"]
+    assert eval_denoiser.main(argv + ["--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 2 and figures["source"] == str(folder)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no images under"):
+        eval_denoiser.main(["--weights", str(tmp_path / "w"), "--images", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match="not a folder"):
+        eval_denoiser.main(["--weights", str(tmp_path / "w"), "--images", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="twice"):
+        eval_denoiser.main(["--weights", str(tmp_path / "w"), str(tmp_path / "w")])
+
+
+def test_interleaved_timing_times_every_function_each_round() -> None:
+    from scripts import eval_denoiser
+
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    seconds = eval_denoiser.interleaved_median_seconds(fns, repeats=3)
+    assert calls == ["a", "b"] * 4  # warm-up round, then three interleaved rounds
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
 
 
 def test_train_script_stops_on_signal_without_output(tmp_path: Path) -> None:
