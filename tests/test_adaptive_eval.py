@@ -26,11 +26,6 @@ KNOBS = {"t_star": 20, "steps": 2}
 pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
-@pytest.fixture(scope="module")
-def defense(tiny_defense: Defense) -> Defense:
-    return tiny_defense
-
-
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -42,12 +37,12 @@ def gen(seed: int) -> torch.Generator:
 # --- BPDA ----------------------------------------------------------------------------------
 
 
-def test_bpda_forward_is_the_defense_and_backward_the_identity(defense: Defense) -> None:
+def test_bpda_forward_is_the_defense_and_backward_the_identity(tiny_defense: Defense) -> None:
     x = rand(2, 3, 12, 10).requires_grad_()
     weights = rand(2, 3, 12, 10, seed=1) - 0.5
-    out = BPDA(defense.purifier)(x, generator=gen(4))
+    out = BPDA(tiny_defense.purifier)(x, generator=gen(4))
     with torch.no_grad():
-        expected = defense.purifier(x, generator=gen(4))
+        expected = tiny_defense.purifier(x, generator=gen(4))
     assert torch.equal(out, expected)
     (out * weights).sum().backward()
     assert torch.equal(x.grad, weights)
@@ -61,17 +56,17 @@ def test_bpda_ignores_the_defense_derivative_and_works_without_a_generator() -> 
     assert torch.equal(x.grad, torch.ones_like(x))  # d(x^2)/dx would be [0.5, 1, 2]
 
 
-def test_full_gradient_flows_through_the_reverse_steps(defense: Defense) -> None:
+def test_full_gradient_flows_through_the_reverse_steps(tiny_defense: Defense) -> None:
     x = rand(1, 3, 16, 16, seed=2)
     metric = ToyMetric().eval()
     grads = {}
     for mode in ("full", "bpda"):
         xr = x.clone().requires_grad_()
-        metric(defense_in_loop(defense, mode)(xr, generator=gen(7))).sum().backward()
+        metric(defense_in_loop(tiny_defense, mode)(xr, generator=gen(7))).sum().backward()
         grads[mode] = xr.grad
     # BPDA's gradient is the metric's gradient at the purified image, passed straight through.
     with torch.no_grad():
-        purified = defense.purifier(x, generator=gen(7)).requires_grad_()
+        purified = tiny_defense.purifier(x, generator=gen(7)).requires_grad_()
     metric(purified).sum().backward()
     assert torch.equal(grads["bpda"], purified.grad)
     assert grads["full"].abs().sum() > 0 and torch.isfinite(grads["full"]).all()
@@ -79,14 +74,14 @@ def test_full_gradient_flows_through_the_reverse_steps(defense: Defense) -> None
 
 
 def test_full_gradient_is_the_true_derivative_of_a_fixed_noise_purification(
-    defense: Defense,
+    tiny_defense: Defense,
 ) -> None:
     """Central differences along a random direction agree with the autograd gradient."""
     x, direction = rand(1, 3, 8, 8, seed=3) * 0.6 + 0.2, rand(1, 3, 8, 8, seed=4) - 0.5
     metric = ToyMetric().eval().double()
 
     def f(images: torch.Tensor) -> torch.Tensor:
-        return metric(defense.purifier(images.double(), generator=gen(9)).double()).sum()
+        return metric(tiny_defense.purifier(images.double(), generator=gen(9)).double()).sum()
 
     xr = x.double().requires_grad_()
     f(xr).backward()
@@ -97,7 +92,7 @@ def test_full_gradient_is_the_true_derivative_of_a_fixed_noise_purification(
     assert float(numeric) == pytest.approx(float(analytic), rel=0.05)
 
 
-def test_both_adaptive_attacks_raise_the_defended_score(defense: Defense) -> None:
+def test_both_adaptive_attacks_raise_the_defended_score(tiny_defense: Defense) -> None:
     """Through the tiny purifier, both adaptive attacks raise f(defense(x)) under a held-out
     noise draw (with a random tiny denoiser they do about equally well)."""
     x, metric = rand(2, 3, 16, 16, seed=5), ToyMetric().eval()
@@ -105,11 +100,11 @@ def test_both_adaptive_attacks_raise_the_defended_score(defense: Defense) -> Non
 
     def defended_score(images: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(metric(defense.purifier(images, generator=gen(99))).mean())
+            return float(metric(tiny_defense.purifier(images, generator=gen(99))).mean())
 
     clean = defended_score(x)
     for mode in ("full", "bpda"):
-        adv = adaptive_attack(metric, defense, mode, **options)(x, gen(1))
+        adv = adaptive_attack(metric, tiny_defense, mode, **options)(x, gen(1))
         assert defended_score(adv) > clean + 0.1, mode
 
 
@@ -134,12 +129,12 @@ def test_full_gradients_beat_bpda_when_the_defense_is_far_from_the_identity() ->
     assert full > clean > bpda
 
 
-def test_adaptive_attack_puts_the_defense_in_the_loop(defense: Defense) -> None:
+def test_adaptive_attack_puts_the_defense_in_the_loop(tiny_defense: Defense) -> None:
     metric = ToyMetric().eval()
-    full = adaptive_attack(metric, defense, "full", eot_samples=3, eps=4 / 255)
-    assert full.defense is defense.purifier and full.eot_samples == 3 and full.eps == 4 / 255
-    bpda = adaptive_attack(metric, defense.purifier, "bpda")
-    assert isinstance(bpda.defense, BPDA) and bpda.defense.defense is defense.purifier
+    full = adaptive_attack(metric, tiny_defense, "full", eot_samples=3, eps=4 / 255)
+    assert full.defense is tiny_defense.purifier and full.eot_samples == 3 and full.eps == 4 / 255
+    bpda = adaptive_attack(metric, tiny_defense.purifier, "bpda")
+    assert isinstance(bpda.defense, BPDA) and bpda.defense.defense is tiny_defense.purifier
     bare = adaptive_attack(metric, None, eot_samples=5)
     assert bare.defense is None and bare.eot_samples == 1
     assert repr(full).startswith("IFGSM(eps=0.01569, steps=10")
@@ -158,9 +153,9 @@ def test_call_defense_passes_the_generator_only_when_taken() -> None:
     assert seen == [g]
 
 
-def test_adaptive_helpers_refuse_bad_input(defense: Defense) -> None:
+def test_adaptive_helpers_refuse_bad_input(tiny_defense: Defense) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
-        defense_in_loop(defense, "identity")
+        defense_in_loop(tiny_defense, "identity")
     with pytest.raises(ValueError, match="must be callable"):
         defense_in_loop(42)
     with pytest.raises(ValueError, match="must be callable"):
@@ -168,7 +163,7 @@ def test_adaptive_helpers_refuse_bad_input(defense: Defense) -> None:
     with pytest.raises(ValueError, match="shape-preserving"):
         BPDA(lambda images: images[..., :1])(torch.zeros(1, 3, 2, 2))
     with pytest.raises(ValueError, match="unknown attack"):
-        adaptive_attack(ToyMetric(), defense, attack="nope")
+        adaptive_attack(ToyMetric(), tiny_defense, attack="nope")
 
 
 # --- the evaluation pieces ----------------------------------------------------------------------
@@ -187,9 +182,9 @@ def test_centre_crop_and_eps_parsing_are_pinned() -> None:
         adaptive_eval.centre_crop(x, -1)
 
 
-def test_evaluation_refuses_bad_input(defense: Defense, tmp_path: Path) -> None:
+def test_evaluation_refuses_bad_input(tiny_defense: Defense, tmp_path: Path) -> None:
     images = [("a.png", rand(1, 3, 8, 8))]
-    metric, purifier_fn = ToyMetric().eval(), defense.purifier
+    metric, purifier_fn = ToyMetric().eval(), tiny_defense.purifier
     with pytest.raises(ValueError, match="no images"):
         adaptive_eval.run_evaluation([], metric, purifier_fn, [4 / 255])
     for eps in ([], [0.0], [1.5]):

@@ -30,16 +30,6 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.uint8, torch.int64]
 pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
-@pytest.fixture(scope="module")
-def defense(tiny_defense: Defense) -> Defense:
-    return tiny_defense
-
-
-@pytest.fixture(scope="module")
-def metric(tiny_metric: MetricModel) -> MetricModel:
-    return tiny_metric
-
-
 @st.composite
 def tensors(draw: st.DrawFn) -> torch.Tensor:
     """Mostly ``(B, 3, H, W)`` with B 1-3 and odd or even sides 1-40, in [0, 1]; sometimes
@@ -101,8 +91,10 @@ def test_check_images_accepts_exactly_the_contract(x: torch.Tensor) -> None:
 
 @PROPERTY
 @given(x=tensors())
-def test_defense_returns_images_or_raises_value_error(defense: Defense, x: torch.Tensor) -> None:
-    out = outcome(defense.apply_defense, x)
+def test_defense_returns_images_or_raises_value_error(
+    tiny_defense: Defense, x: torch.Tensor
+) -> None:
+    out = outcome(tiny_defense.apply_defense, x)
     assert (out is not None) == valid(x)
     if out is not None:
         assert out.shape == x.shape and out.dtype == x.dtype
@@ -111,8 +103,10 @@ def test_defense_returns_images_or_raises_value_error(defense: Defense, x: torch
 
 @PROPERTY
 @given(x=tensors())
-def test_metric_returns_scores_or_raises_value_error(metric: MetricModel, x: torch.Tensor) -> None:
-    out = outcome(metric, x)
+def test_metric_returns_scores_or_raises_value_error(
+    tiny_metric: MetricModel, x: torch.Tensor
+) -> None:
+    out = outcome(tiny_metric, x)
     assert (out is not None) == valid(x)
     if out is not None:
         assert out.shape == (x.shape[0], 1) and out.dtype == torch.float32

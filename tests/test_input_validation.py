@@ -38,16 +38,6 @@ FAST = settings(
 pytestmark = pytest.mark.usefixtures("provisional_defaults")
 
 
-@pytest.fixture(scope="module")
-def defense(tiny_defense: Defense) -> Defense:
-    return tiny_defense
-
-
-@pytest.fixture(scope="module")
-def metric(tiny_metric: MetricModel) -> MetricModel:
-    return tiny_metric
-
-
 def rand(*shape: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
@@ -175,12 +165,12 @@ ENTRY_POINTS = ["Defense.apply_defense", "DiffusionPurifier", "MetricModel", "at
 
 
 @pytest.fixture(scope="module")
-def entry_points(defense: Defense, metric: MetricModel) -> dict[str, Callable]:
+def entry_points(tiny_defense: Defense, tiny_metric: MetricModel) -> dict[str, Callable]:
     return {
-        "Defense.apply_defense": defense.apply_defense,
-        "DiffusionPurifier": defense.purifier,
-        "MetricModel": metric,
-        "attack": make_attack("fgsm", metric),
+        "Defense.apply_defense": tiny_defense.apply_defense,
+        "DiffusionPurifier": tiny_defense.purifier,
+        "MetricModel": tiny_metric,
+        "attack": make_attack("fgsm", tiny_metric),
         "blur": make_defense("blur", torch.device("cpu")).apply_defense,
     }
 
@@ -201,18 +191,18 @@ def test_every_entry_point_refuses_bad_input_with_the_same_message(
 @pytest.mark.parametrize(
     "shape", [(1, 3, 1, 1), (1, 3, 1, 13), (1, 3, 11, 1), (2, 3, 3, 5), (1, 3, 2, 2), (1, 3, 7, 9)]
 )
-def test_defense_handles_tiny_and_odd_sizes(defense: Defense, shape: tuple[int, ...]) -> None:
+def test_defense_handles_tiny_and_odd_sizes(tiny_defense: Defense, shape: tuple[int, ...]) -> None:
     x = rand(*shape)
     with torch.no_grad():
-        out = defense.apply_defense(x)
+        out = tiny_defense.apply_defense(x)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_defense_returns_the_input_dtype(defense: Defense, dtype: torch.dtype) -> None:
+def test_defense_returns_the_input_dtype(tiny_defense: Defense, dtype: torch.dtype) -> None:
     with torch.no_grad():
-        out = defense.apply_defense(rand(1, 3, 6, 10, dtype=dtype))
+        out = tiny_defense.apply_defense(rand(1, 3, 6, 10, dtype=dtype))
     assert out.dtype == dtype and out.min() >= 0 and out.max() <= 1
 
 
@@ -232,12 +222,12 @@ def test_unsharp_masking_handles_a_single_pixel(tiny_weights: Path) -> None:
     seed=st.integers(0, 2**16),
 )
 def test_defense_property_shape_dtype_range(
-    defense: Defense, batch: int, height: int, width: int, dtype: torch.dtype, seed: int
+    tiny_defense: Defense, batch: int, height: int, width: int, dtype: torch.dtype, seed: int
 ) -> None:
     x = rand(batch, 3, height, width, dtype=dtype, seed=seed)
     before = x.clone()
     with torch.no_grad():
-        out = defense.apply_defense(x)
+        out = tiny_defense.apply_defense(x)
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
     assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
     assert torch.equal(x, before)  # the input is never modified in place
@@ -268,10 +258,10 @@ def test_large_photos_are_tiled_into_bounded_pieces() -> None:
     dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]),
 )
 def test_metric_scores_any_size_and_float_dtype(
-    metric: MetricModel, batch: int, height: int, width: int, dtype: torch.dtype
+    tiny_metric: MetricModel, batch: int, height: int, width: int, dtype: torch.dtype
 ) -> None:
     with torch.no_grad():
-        score = metric(rand(batch, 3, height, width, dtype=dtype))
+        score = tiny_metric(rand(batch, 3, height, width, dtype=dtype))
     assert score.shape == (batch, 1) and score.dtype == torch.float32
     assert torch.isfinite(score).all()
 
