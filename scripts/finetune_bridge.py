@@ -75,6 +75,12 @@ from weights_manifest import verify_manifest  # noqa: E402
 logger = logging.getLogger("train_ddpm")  # shares train_ddpm's log setup
 
 VALIDATION_ATTACKS = ("ifgsm", "korhonen", "ssah", "adv-cf")
+# seed offset of each validation attack: the offsets the default list always had, so old logs
+# stay comparable, and a fixed offset for every other attack
+VALIDATION_SEED_OFFSETS = {
+    **{name: i for i, name in enumerate(VALIDATION_ATTACKS)},
+    **{name: 100 + i for i, name in enumerate(ATTACKS) if name not in VALIDATION_ATTACKS},
+}
 VALIDATION_T_STAR = 60
 VALIDATION_STEPS = 2
 
@@ -108,6 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--snr-gamma", type=float, default=5.0)
     add("--clean-fraction", type=float, default=0.2)
     add("--attacks", default=",".join(ATTACKS), help="comma-separated training attacks")
+    add(
+        "--val-attacks",
+        default=",".join(VALIDATION_ATTACKS),
+        help="comma-separated attacks of the validation crops (Gain is also logged per attack)",
+    )
     add("--eps-range", type=float, nargs=2, default=[2.0, 16.0], help="L-inf budgets, /255")
     add("--max-attack-steps", type=int, default=10)
     add("--eot-prob", type=float, default=0.2)
@@ -149,10 +160,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--chain-t-star needs 1 <= low <= high < 1000")
     if args.metric_weight < 0 or args.prior_weight < 0:
         parser.error("loss weights must be >= 0")
-    args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    unknown = [a for a in args.attacks if a not in ATTACKS]
-    if unknown or not args.attacks:
-        parser.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+    for name in ("attacks", "val_attacks"):
+        chosen = [a.strip() for a in getattr(args, name).split(",") if a.strip()]
+        unknown = [a for a in chosen if a not in ATTACKS]
+        if unknown or not chosen:
+            flag = f"--{name.replace('_', '-')}"
+            parser.error(f"{flag}: unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+        setattr(args, name, chosen)
     return args
 
 
@@ -183,8 +197,8 @@ class FixedPairs:
 
     def crops(
         self, count: int, size: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """``count`` aligned crops (smaller images are skipped) and the attacks' names."""
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """``count`` aligned crops (smaller images are skipped) and each crop's attack."""
         usable = [p for p in self.pairs if min(p[0].shape[-2:]) >= size]
         if not usable:
             raise SystemExit(f"no pair is at least {size} px: lower --crop")
@@ -195,7 +209,7 @@ class FixedPairs:
             clean.append(ref[:, top : top + size, left : left + size])
             attacked.append(adv[:, top : top + size, left : left + size])
             names.append(name)
-        return torch.stack(clean), torch.stack(attacked), ",".join(sorted(set(names)))
+        return torch.stack(clean), torch.stack(attacked), names
 
 
 def split_pairs_dataset(root: Path, every: int = 10) -> tuple[list[str], list[str]]:
@@ -208,18 +222,32 @@ def split_pairs_dataset(root: Path, every: int = 10) -> tuple[list[str], list[st
     return [n for n in names if n not in held], held
 
 
+def gains(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-image Gain in %: ``|scores - reference| / reference * 100``, shape ``(B,)``."""
+    return ((scores - reference).abs() / reference.abs().clamp_min(1e-6)).flatten() * 100
+
+
 def gain(scores: torch.Tensor, reference: torch.Tensor) -> float:
-    """The benchmark's Gain in %: mean ``|scores - reference| / reference * 100``."""
-    return float(((scores - reference).abs() / reference.abs().clamp_min(1e-6)).mean() * 100)
+    """The benchmark's Gain in %: the mean of ``gains``."""
+    return float(gains(scores, reference).mean())
 
 
 class Validation:
-    """Fixed attacked crops of held-out images and the Gain of the default purifier on them."""
+    """Fixed attacked crops of held-out images and the Gain of the default purifier on them;
+    ``labels`` names each crop's attack, for the per-attack Gain (``"gain/<attack>"``)."""
 
     def __init__(
-        self, metric: MetricModel, clean: torch.Tensor, attacked: torch.Tensor, seed: int
+        self,
+        metric: MetricModel,
+        clean: torch.Tensor,
+        attacked: torch.Tensor,
+        labels: list[str],
+        seed: int,
     ) -> None:
+        if len(labels) != len(attacked):
+            raise ValueError(f"{len(labels)} labels for {len(attacked)} attacked crops")
         self.metric, self.clean, self.attacked, self.seed = metric, clean, attacked, seed
+        self.labels = labels
         with torch.no_grad():
             self.reference = metric(clean)
             self.undefended = gain(metric(attacked), self.reference)
@@ -234,24 +262,30 @@ class Validation:
             for key, images in (("gain", self.attacked), ("clean_gain", self.clean)):
                 generator = torch.Generator().manual_seed(self.seed)
                 out = run_purification(images, model, scheduler, timesteps, generator)
-                results[key] = round(gain(self.metric(out), self.reference), 3)
+                per_image = gains(self.metric(out), self.reference)
+                results[key] = round(float(per_image.mean()), 3)
                 if key == "gain":
                     mse = (out - self.clean).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
                     results["psnr"] = round(float((-10 * mse.log10()).mean()), 3)
+                    for label in dict.fromkeys(self.labels):
+                        rows = torch.tensor([name == label for name in self.labels])
+                        results[f"gain/{label}"] = round(float(per_image[rows].mean()), 3)
         return results
 
 
 def validation_set(
-    paths: list[Path], metric: MetricModel, size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre crops of ``paths`` attacked by each of ``VALIDATION_ATTACKS`` (defaults, seeded):
-    ``(clean, attacked)`` both ``(N * attacks, 3, s, s)`` in [0, 1]."""
+    paths: list[Path], metric: MetricModel, size: int, seed: int, attacks: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Centre crops of ``paths`` attacked by each of ``attacks`` (defaults, seeded):
+    ``(clean, attacked, labels)``, images ``(N * attacks, 3, s, s)`` in [0, 1] and each
+    row's attack name. An attack's seed depends on its name, not on the list."""
     clean = centre_crops(paths, size)
-    attacked = []
-    for i, name in enumerate(tqdm(VALIDATION_ATTACKS, desc="validation attacks")):
-        generator = torch.Generator().manual_seed(seed + i)
+    attacked, labels = [], []
+    for name in tqdm(attacks, desc="validation attacks"):
+        generator = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSETS[name])
         attacked.append(make_attack(name, metric)(clean, generator))
-    return clean.repeat(len(VALIDATION_ATTACKS), 1, 1, 1), torch.cat(attacked)
+        labels += [name] * len(clean)
+    return clean.repeat(len(attacks), 1, 1, 1), torch.cat(attacked), labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,7 +312,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         train_names, held_names = split_pairs_dataset(args.pairs)
         fixed = FixedPairs(args.pairs, train_names)
         held = FixedPairs(args.pairs, held_names)
-        clean_val, attacked_val, _ = held.crops(
+        clean_val, attacked_val, val_labels = held.crops(
             4 * len(held.pairs), min(args.val_crop, 256), torch.Generator().manual_seed(args.seed)
         )
         logger.info(
@@ -290,14 +324,16 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         data_info = {"pairs": str(args.pairs.resolve()), "held_out": held_names}
     else:
         fixed = None
-        clean_val, attacked_val = validation_set(holdout_paths, metric, args.val_crop, args.seed)
+        clean_val, attacked_val, val_labels = validation_set(
+            holdout_paths, metric, args.val_crop, args.seed, args.val_attacks
+        )
         data_info = {
             "data_folder": str(train_dir.resolve()),
             "num_images": len(crops.images),
             "excluded": sorted(TUNING_IMAGES),
             "holdout_images": [p.name for p in holdout_paths],
         }
-    validation = Validation(metric, clean_val, attacked_val, args.seed)
+    validation = Validation(metric, clean_val, attacked_val, val_labels, args.seed)
     logger.info(
         "validation: %d crops, undefended gain %.2f %%", len(clean_val), validation.undefended
     )
@@ -308,6 +344,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     scheduler = training_scheduler()
     scheduler_config = dict(scheduler.config)
     logger.info("fine-tuning %s", init)
+    init_validation = validation(model.eval(), scheduler_config)
+    logger.info("validation of the starting weights %s", init_validation)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     ema = EMAModel(model.parameters(), decay=args.ema_decay)
@@ -326,12 +364,15 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         t: make_scheduler("ddpm", t, args.chain_steps, "uniform", scheduler_config)
         for t in range(args.chain_t_star[0], args.chain_t_star[1] + 1)
     }
-    last_validation = validation(run.ema_model(), scheduler_config)
-    logger.info("step %d validation %s", run.step, last_validation)
+    last_validation = init_validation
+    if run.step > 0:  # resumed: the checkpoint's weights, not the starting ones
+        last_validation = validation(run.ema_model(), scheduler_config)
+        logger.info("step %d validation %s", run.step, last_validation)
 
     def refill(count: int) -> None:
         if fixed is not None:
-            clean, attacked, name = fixed.crops(count, args.crop, generator)
+            clean, attacked, names = fixed.crops(count, args.crop, generator)
+            name = ",".join(sorted(set(names)))
         else:
             clean = (crops.batch(count) + 1.0) / 2.0
             attacked, name = attacks.attack(clean, generator)
@@ -359,6 +400,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                     "torch": torch.__version__,
                 },
                 "validation": last_validation,
+                "init_validation": init_validation,
             },
             "model": {"class": "PixelUnshuffleUNet", **run.model_config},
         }

@@ -204,12 +204,21 @@ def test_finetune_bridge_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
     output = tmp_path / "weights" / "ddpm-v9"
     args = _tiny_args(tmp_path, output) + ["--train-dir", str(tmp_path / "clean")]
+    args += ["--val-attacks", "ifgsm,fgsm"]
     assert finetune_bridge.main(args) == 0
     verify_manifest(output)
     manifest = json.loads((output / "manifest.json").read_text())
     training = manifest["training"]
     assert training["steps"] == 2 and training["attacks"] == ["ifgsm", "uap"]
-    assert set(training["validation"]) == {"undefended_gain", "gain", "clean_gain", "psnr"}
+    validation = training["validation"]
+    expected = {"undefended_gain", "gain", "clean_gain", "psnr", "gain/ifgsm", "gain/fgsm"}
+    assert set(validation) == expected
+    # equal-sized groups: the overall Gain is the mean of the per-attack Gains (3 decimals)
+    per_attack = (validation["gain/ifgsm"] + validation["gain/fgsm"]) / 2
+    assert validation["gain"] == pytest.approx(per_attack, abs=2e-3)
+    # the starting weights were scored on the same crops before training
+    assert set(training["init_validation"]) == expected
+    assert training["init_validation"]["undefended_gain"] == validation["undefended_gain"]
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
     with pytest.raises(SystemExit, match="released"):
         finetune_bridge.main(args)  # never overwrites a released folder
@@ -227,6 +236,17 @@ def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
     assert finetune_bridge.main(args) == 0
     training = json.loads((output / "manifest.json").read_text())["training"]
     assert training["attacks"] == "fixed pairs" and training["held_out"] == ["img00.png"]
+    # held-out pairs are labelled by their attack folder
+    assert {k for k in training["validation"] if k.startswith("gain/")} == {
+        "gain/fgsm",
+        "gain/ifgsm",
+    }
+
+
+def test_validation_needs_one_label_per_crop() -> None:
+    images = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="1 labels for 2 attacked crops"):
+        finetune_bridge.Validation(lambda x: x.mean((1, 2, 3))[:, None], images, images, ["a"], 0)
 
 
 def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
@@ -240,6 +260,7 @@ def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
     [
         ([], "--max-steps"),
         (["--max-steps", "1", "--attacks", "nope"], "unknown attacks"),
+        (["--max-steps", "1", "--val-attacks", "fgsm,nope"], "--val-attacks: unknown attacks"),
         (["--max-steps", "1", "--clean-fraction", "2"], "clean-fraction"),
         (["--max-steps", "1", "--chain-t-star", "50", "10"], "chain-t-star"),
         (["--max-steps", "1", "--batch-size", "0"], "batch-size"),
