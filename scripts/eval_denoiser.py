@@ -226,7 +226,8 @@ def print_report(results: dict[str, Any]) -> None:
     speed = results.get("speed_512x384")
     sigmas = list(results["psnr"])
     header = " ".join(f"{key[5:] + '/255':>8}" for key in sigmas)
-    print(f"one-shot x0 at the matching step; speed on 512x384 ({results['threads']} threads)")
+    timed = f"; speed on 512x384 ({results['threads']} threads)" if speed else ""
+    print(f"one-shot x0 at the matching step{timed}")
     print(f"{'weights':<40} {'M params':>8} {'MB':>6} {header} {'UNet s':>7} {'x Lin.':>6}")
     for name, info in results["models"].items():
         psnrs = " ".join(f"{results['psnr'][key][name]:>8.2f}" for key in sigmas)
