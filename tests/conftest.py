@@ -67,12 +67,17 @@ def tiny_defense(tiny_weights: Path) -> Defense:
     return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**TINY_DEFENSE_KNOBS))
 
 
-@pytest.fixture(scope="session")
-def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> MetricModel:
-    """A ``MetricModel`` on a tiny random stand-in trunk saved as a stand-in folder."""
+def write_tiny_standin(folder: Path, bias: float = 0.0) -> Path:
+    """A stand-in metric folder on a tiny random trunk (seed 0); score = regression + ``bias``."""
     spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         tiny = IQAModel(spec).eval()
+    return save_standin(tiny, [1.0] * 3, [bias] * 3, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_metric(tmp_path_factory: pytest.TempPathFactory) -> MetricModel:
+    """A ``MetricModel`` on a tiny random stand-in trunk saved as a stand-in folder."""
     folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
-    return MetricModel("cpu", save_standin(tiny, [1.0] * 3, [0.0] * 3, folder))
+    return MetricModel("cpu", write_tiny_standin(folder))

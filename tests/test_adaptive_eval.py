@@ -16,9 +16,8 @@ import scripts.adaptive_eval as adaptive_eval
 from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loop
 from defense import Defense
 from image_io import save_image
-from model import IQAModel, TrunkSpec
 from scripts.benchmarking import harness
-from standin_metric import save_standin
+from tests.conftest import write_tiny_standin
 
 KNOBS = {"t_star": 20, "steps": 2}
 
@@ -205,12 +204,8 @@ def test_evaluation_refuses_bad_input(tiny_defense: Defense, tmp_path: Path) -> 
 
 @pytest.fixture(scope="module")
 def toy_standin_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = IQAModel(spec).eval()
-    folder = tmp_path_factory.mktemp("metric") / "standin-tiny"
-    return save_standin(model, [1.0] * 3, [50.0] * 3, folder)
+    # bias 50 keeps scores away from 0, which the relative Gain divides by
+    return write_tiny_standin(tmp_path_factory.mktemp("metric") / "standin-tiny", bias=50.0)
 
 
 @pytest.fixture(scope="module")
