@@ -93,6 +93,18 @@ def temp_file_target(path: str | Path) -> Path | None:
     return path.with_name(target)
 
 
+def centre_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The central ``size x size`` window of ``(..., H, W)``; a side shorter than ``size`` is
+    kept whole, and ``size`` None or 0 returns the image unchanged."""
+    if size is not None and size < 0:
+        raise ValueError(f"crop size must be >= 0, got {size}")
+    if not size:
+        return image
+    height, width = image.shape[-2:]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return image[..., top : top + size, left : left + size]
+
+
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Sorted image files (by extension, case-insensitive) in ``folder``."""
     folder = Path(folder)

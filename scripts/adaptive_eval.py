@@ -50,7 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
-from image_io import ImageReadError, list_images, load_image  # noqa: E402
+from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
 from paths import ROOT  # noqa: E402
 from scripts.benchmarking import harness, json_ready, machine_info, spread  # noqa: E402
 
@@ -97,18 +97,6 @@ class Record:
 
 
 # --- images ---------------------------------------------------------------------------------
-
-
-def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The central ``size x size`` window of ``(..., H, W)`` (a side shorter than ``size`` is
-    kept whole); ``size = 0`` returns the image unchanged."""
-    if size < 0:
-        raise ValueError(f"crop size must be >= 0, got {size}")
-    if size == 0:
-        return image
-    height, width = image.shape[-2:]
-    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
-    return image[..., top : top + size, left : left + size]
 
 
 def load_clean_images(

@@ -94,15 +94,14 @@ A centre crop of a Kodak photo: from `samples/` if the repository ships one, els
 data folder (`$PURIFY_DATA` or `../shared/data`), else a synthetic picture."""
 
 IMAGE = """\
-from image_io import load_image
+from image_io import centre_crop, load_image
 from paths import default_data_dir
-from scripts.make_dataset import center_crop
 
 samples = sorted((ROOT / "samples").glob("**/reference/*.png"))
 kodak = default_data_dir() / "clean" / "eval" / "kodim23.png"
 source = samples[0] if samples else kodak if kodak.is_file() else None
 if source is not None:
-    clean = center_crop(load_image(source), CROP).unsqueeze(0)
+    clean = centre_crop(load_image(source), CROP).unsqueeze(0)
 else:
     y, x = torch.meshgrid(torch.linspace(0, 1, CROP), torch.linspace(0, 1, CROP), indexing="ij")
     clean = torch.stack([x, y, 0.5 + 0.5 * torch.sin(12 * x * y)]).clamp(0, 1).unsqueeze(0)

@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from einops import rearrange
 
-from image_io import load_image
+from image_io import centre_crop, load_image
 from scripts.benchmark_report import column_name
 from scripts.benchmarking import DefenseRun, harness, pair_key
 
@@ -25,15 +24,6 @@ def _figure_class() -> Any:
     except ImportError as err:
         raise ValueError("figures need matplotlib: pip install -e '.[plot]'") from err
     return Figure
-
-
-def _centre_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    if size is None:
-        return image
-    h, w = image.shape[-2:]
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return image[:, top : top + ch, left : left + cw]
 
 
 def draw_grid(
@@ -86,7 +76,7 @@ def draw_grid(
             ax.set_axis_off()
             ax.set_title(title, fontsize=7)
             if image is not None:
-                tile = rearrange(_centre_crop(image, crop), "c h w -> h w c").numpy()
+                tile = rearrange(centre_crop(image, crop), "c h w -> h w c").numpy()
                 ax.imshow(tile, interpolation="nearest")
     crop_note = f"centre crops of {crop} px" if crop else "whole images"
     fig.suptitle(f"Tiles: {crop_note}; scores: whole images (f = metric, Q = quality)", fontsize=8)

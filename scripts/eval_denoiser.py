@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
-from image_io import list_images, load_image  # noqa: E402
+from image_io import centre_crop, list_images, load_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 
 BLUR_STD_PX = 1.0
@@ -82,16 +82,7 @@ def kodak_paths(data_dir: Path) -> list[Path]:
 
 def load_images(paths: list[Path], crop: int | None) -> list[torch.Tensor]:
     """Images as ``(1, 3, H, W)`` tensors in [0, 1], centre-cropped to ``crop`` if given."""
-    images = []
-    for path in paths:
-        image = load_image(path)
-        if crop is not None:
-            height, width = image.shape[-2:]
-            size_h, size_w = min(crop, height), min(crop, width)
-            top, left = (height - size_h) // 2, (width - size_w) // 2
-            image = image[:, top : top + size_h, left : left + size_w]
-        images.append(image[None])
-    return images
+    return [centre_crop(load_image(path), crop)[None] for path in paths]
 
 
 def blur_baseline(noisy: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.uap import metric_tag  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
-from image_io import list_images, load_image, save_image  # noqa: E402
+from image_io import centre_crop, list_images, load_image, save_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 
 logger = logging.getLogger("make_dataset")
@@ -81,16 +81,6 @@ def job_seed(seed: int, attack: str, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def center_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Central ``size x size`` crop of ``(3, H, W)`` (a side shorter than ``size`` is kept)."""
-    if size is None:
-        return image
-    h, w = image.shape[-2:]
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return image[:, top : top + ch, left : left + cw]
-
-
 def parse_attacks(spec: str | Sequence[str] | None) -> list[str]:
     """``"a,b"`` or a list -> validated attack names; None -> every registered attack."""
     if spec is None:
@@ -119,7 +109,7 @@ def select_images(input_dir: str | Path, limit: int | None) -> list[Path]:
 
 
 def cropped_pixels(path: Path, crop: int | None) -> int:
-    """Pixels of ``path`` after ``center_crop`` (from the header; 0 if unreadable): the
+    """Pixels of ``path`` after ``centre_crop`` (from the header; 0 if unreadable): the
     relative cost of attacking it, used to balance the shards of a data-parallel run."""
     try:
         with Image.open(path) as img:
@@ -219,7 +209,7 @@ def make_dataset(
             bar.update(len(names) - len(todo))
             if not todo and reference.is_file():
                 continue
-            clean = center_crop(load_image(path), crop)
+            clean = centre_crop(load_image(path), crop)
             if not reference.is_file():
                 save_image(clean, reference)
                 summary.references += 1

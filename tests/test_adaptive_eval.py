@@ -15,7 +15,7 @@ import purifier.config
 import scripts.adaptive_eval as adaptive_eval
 from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loop
 from defense import Defense
-from image_io import save_image
+from image_io import centre_crop, save_image
 from scripts.benchmarking import harness
 from tests.conftest import write_tiny_standin
 
@@ -170,15 +170,15 @@ def test_adaptive_helpers_refuse_bad_input(tiny_defense: Defense) -> None:
 
 def test_centre_crop_and_eps_parsing_are_pinned() -> None:
     x = torch.arange(35.0).reshape(1, 1, 5, 7)
-    assert adaptive_eval.centre_crop(x, 3).flatten().tolist() == [9, 10, 11, 16, 17, 18, 23, 24, 25]
-    assert adaptive_eval.centre_crop(x, 6).shape == (1, 1, 5, 6)
-    assert adaptive_eval.centre_crop(x, 0) is x
+    assert centre_crop(x, 3).flatten().tolist() == [9, 10, 11, 16, 17, 18, 23, 24, 25]
+    assert centre_crop(x, 6).shape == (1, 1, 5, 6)
+    assert centre_crop(x, 0) is x
     assert adaptive_eval.parse_eps("4, 10") == [4 / 255, 10 / 255]
     for bad in ("", "0", "-4", "abc", "300"):
         with pytest.raises(ValueError, match="--eps takes"):
             adaptive_eval.parse_eps(bad)
     with pytest.raises(ValueError, match="crop size must be >= 0"):
-        adaptive_eval.centre_crop(x, -1)
+        centre_crop(x, -1)
 
 
 def test_evaluation_refuses_bad_input(tiny_defense: Defense, tmp_path: Path) -> None:

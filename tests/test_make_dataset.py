@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import scripts.make_dataset as make_dataset_script
-from image_io import load_image, save_image
+from image_io import centre_crop, load_image, save_image
 from model import check_images
-from scripts.make_dataset import center_crop, job_seed, make_dataset, parse_attacks
+from scripts.make_dataset import job_seed, make_dataset, parse_attacks
 
 ATTACKS = ["fgsm", "ifgsm"]
 
@@ -147,8 +147,8 @@ def test_helpers():
     assert job_seed(0, "fgsm", "a") == job_seed(0, "fgsm", "a") != job_seed(0, "fgsm", "b")
     assert job_seed(0, "fgsm", "a") == 642700459753930449
     image = torch.arange(3 * 5 * 4, dtype=torch.float32).view(3, 5, 4)
-    assert torch.equal(center_crop(image, 2), image[:, 1:3, 1:3])
-    assert torch.equal(center_crop(image, 10), image)
+    assert torch.equal(centre_crop(image, 2), image[:, 1:3, 1:3])
+    assert torch.equal(centre_crop(image, 10), image)
 
 
 def test_cli_main(clean_dir, tmp_path, monkeypatch):
