@@ -3,12 +3,16 @@
 A reader never sees a half-written file, and a killed writer leaves only a ``.<name>.*.part``
 temp file. ``tempfile.mkstemp`` creates files readable by their owner only; ``publish`` gives
 the result the permissions a plain ``open(path, "w")`` would (``0o666`` minus the umask).
+``staged_folder`` does the same for a whole folder (weights and their manifest).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".part"
@@ -43,3 +47,26 @@ def write_text_atomic(text: str, path: str | Path) -> None:
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_folder(folder: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Build ``folder`` in the hidden sibling ``.<name>.part`` and move it into place when the
+    block ends without error, so the folder appears complete or not at all.
+
+    A stale sibling from a killed writer is removed first; on error the sibling is removed.
+    With ``replace`` a folder already at ``folder`` is replaced, otherwise the final rename
+    fails if a non-empty one has appeared there meanwhile.
+    """
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}{TEMP_SUFFIX}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)  # default permissions, as a plain mkdir gives
+    try:
+        yield tmp
+        if replace and folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

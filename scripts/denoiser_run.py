@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
+from atomic_write import staged_folder
 from data_parallel import launched_without_gpus
 from diffusion import PixelUnshuffleUNet, training_scheduler
 from paths import ROOT
@@ -64,16 +65,12 @@ def check_output_free(output: Path) -> None:
 def save_weights(
     model: PixelUnshuffleUNet, folder: Path, name: str, version: str, info: dict
 ) -> None:
-    """Write model + scheduler config + manifest into a temp folder, then rename to ``folder``."""
-    tmp = folder.parent / f".{folder.name}.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    training_scheduler().save_pretrained(tmp)
-    write_manifest(tmp, name, version, **info)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.replace(folder)
+    """Write model + scheduler config + manifest into a temp folder, then rename to ``folder``
+    (replacing an older snapshot there)."""
+    with staged_folder(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        training_scheduler().save_pretrained(tmp)
+        write_manifest(tmp, name, version, **info)
 
 
 def ema_copy(ema: EMAModel, config: dict[str, Any]) -> PixelUnshuffleUNet:

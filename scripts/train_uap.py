@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
+from atomic_write import staged_folder  # noqa: E402
 from attacks.uap import (  # noqa: E402
     EPS,
     PERTURBATION_FILE,
@@ -70,8 +68,8 @@ def train_and_save(
     wall = time.monotonic() - start
     tag = metric_tag(metric) or type(metric).__name__
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    # the folder appears complete or not at all, and never over one that appeared meanwhile
+    with staged_folder(out_dir, replace=False) as staging:
         save_perturbation(result.perturbation, staging / PERTURBATION_FILE, metric=tag)
         write_manifest(
             staging,
@@ -89,11 +87,6 @@ def train_and_save(
             },
             metric=tag,
         )
-        staging.chmod(0o755)
-        os.rename(staging, out_dir)  # the folder appears complete or not at all
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 

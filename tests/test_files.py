@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from atomic_write import staged_folder
 from defenses import make_defense
 from image_io import ImageReadError, load_image, save_image, temp_file_target
 from paths import ROOT
@@ -318,3 +319,31 @@ def test_atomic_writes_get_default_permissions(tmp_path: Path) -> None:
     for name in ("a.png", "b.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]  # no temp left
+
+
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "weights" / "w-v1"
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / ".w-v1.part").mkdir()  # left by a killed writer
+    (tmp_path / "weights" / ".w-v1.part" / "stale").write_text("x")
+    with staged_folder(target) as tmp:
+        assert tmp == tmp_path / "weights" / ".w-v1.part" and not any(tmp.iterdir())
+        (tmp / "a").write_text("1")
+        assert not target.exists()
+    assert [p.name for p in target.iterdir()] == ["a"]
+    assert not (tmp_path / "weights" / ".w-v1.part").exists()
+
+    with pytest.raises(RuntimeError, match="boom"), staged_folder(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError("boom")
+    assert [p.name for p in target.iterdir()] == ["a"]  # untouched
+    assert not (tmp_path / "weights" / ".w-v1.part").exists()
+
+    with staged_folder(target) as tmp:  # replace: a snapshot folder is overwritten
+        (tmp / "c").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c"]
+
+    with pytest.raises(OSError), staged_folder(target, replace=False) as tmp:
+        (tmp / "d").write_text("4")
+    assert [p.name for p in target.iterdir()] == ["c"]  # never over a released folder
+    assert not (tmp_path / "weights" / ".w-v1.part").exists()
