@@ -11,13 +11,11 @@ from pathlib import Path
 
 import torch
 
-from image_checks import check_images
 from purifier import (
     DiffusionPurifier,
     PurifierConfig,
     load_default_config,
     resolve_weights,
-    tiled_apply,
 )
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -44,12 +42,14 @@ class Defense:
 
     Args:
         device: where the denoiser runs.
-        t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius: knobs of
-            ``PurifierConfig``; ValueError for bad values.
+        t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius, gate: knobs
+            of ``PurifierConfig``; ValueError for bad values.
         seed: None (default) seeds the noise generator from OS entropy, so every call draws
             fresh noise; an int makes the sequence of calls reproducible.
         weights: denoiser folder; None picks the newest released ``weights/ddpm-v<N>``
             (``purifier.MissingWeightsError`` if there is none).
+        detector: perturbation-detector folder used when ``gate > 0``; None picks the newest
+            released ``weights/detector-v<N>``.
         config: a whole ``PurifierConfig`` to start from instead of the defaults.
         tile: largest side processed whole (default ``DEFAULT_TILE``); None never tiles.
 
@@ -68,8 +68,10 @@ class Defense:
         ensemble: int | None = None,
         unsharp_amount: float | None = None,
         unsharp_radius: float | None = None,
+        gate: float | None = None,
         seed: int | None = None,
         weights: str | Path | None = None,
+        detector: str | Path | None = None,
         config: PurifierConfig | None = None,
         tile: int | None = DEFAULT_TILE,
     ) -> None:
@@ -88,12 +90,13 @@ class Defense:
             ensemble=ensemble,
             unsharp_amount=unsharp_amount,
             unsharp_radius=unsharp_radius,
+            gate=gate,
         )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.weights = resolve_weights(weights, WEIGHTS_DIR)
         self.purifier = DiffusionPurifier.from_pretrained(
-            self.weights, self.device, self.config, seed
+            self.weights, self.device, self.config, seed, detector
         )
 
     def __repr__(self) -> str:
@@ -106,5 +109,4 @@ class Defense:
         device, values in [0, 1]. ``ValueError`` for any other input (see the class doc)."""
         if self.tile is None:
             return self.purifier(images)
-        check_images(images)
-        return tiled_apply(images, self.purifier, self.tile, TILE_OVERLAP)
+        return self.purifier.tiled(images, self.tile, TILE_OVERLAP)

@@ -37,6 +37,9 @@ class PurifierConfig:
         unsharp_amount: unsharp-masking gain applied after denoising, ``x + a (x - blur(x))``;
             0 disables it.
         unsharp_radius: standard deviation in pixels of the Gaussian blur of unsharp masking.
+        gate: perturbation strength (RMS, 1/255 units) estimated by the perturbation detector
+            below which an image is returned unchanged; 0 purifies every image and loads no
+            detector.
     """
 
     t_star: int = 60
@@ -46,8 +49,10 @@ class PurifierConfig:
     ensemble: int = 1
     unsharp_amount: float = 0.0
     unsharp_radius: float = 1.0
+    gate: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_float("gate", self.gate, minimum=0.0)
         _check_int("ensemble", self.ensemble, minimum=1)
         _check_float("unsharp_amount", self.unsharp_amount, minimum=0.0)
         _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)

@@ -45,10 +45,10 @@ from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
     PROVISIONAL_DEFAULTS,
     DiffusionPurifier,
+    MissingDetectorError,
     MissingWeightsError,
     PurifierConfig,
     resolve_weights,
-    tiled_apply,
 )
 from purifier.config import config_from_options  # noqa: E402
 from purifier.folder_plan import (  # noqa: E402
@@ -87,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
     parser.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
     parser.add_argument(
+        "--gate",
+        type=float,
+        default=None,
+        help="leave images whose estimated perturbation (RMS, 1/255) is below this; 0: off",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -97,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="denoiser folder (default: newest weights/ddpm-v*)",
+    )
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        default=None,
+        help="perturbation-detector folder for --gate (default: newest weights/detector-v*)",
     )
     parser.add_argument("--tile", type=int, default=512, help="tile side in px; 0 disables tiling")
     parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")
@@ -131,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
             weights = resolve_weights(args.weights, WEIGHTS_DIR)
             device = process_device(state, args.device)
-            purifier = DiffusionPurifier.from_pretrained(weights, device, config, args.seed)
-        except (ValueError, MissingWeightsError) as err:
+            purifier = DiffusionPurifier.from_pretrained(
+                weights, device, config, args.seed, args.detector
+            )
+        except (ValueError, MissingWeightsError, MissingDetectorError) as err:
             logger.error("%s", err)
             return 2
         with logging_redirect_tqdm():
@@ -279,11 +293,9 @@ def _purify(
     overlap: int,
     progress: bool = True,
 ) -> torch.Tensor:
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return purifier(x, generator)
-
-    desc = "tiles" if progress else None
-    return tiled_apply(images, fn, tile, overlap, desc=desc) if tile else fn(images)
+    if not tile:
+        return purifier(images, generator)
+    return purifier.tiled(images, tile, overlap, generator, desc="tiles" if progress else None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import purifier.config
 from defense import Defense
 from diffusion import PixelUnshuffleUNet, training_scheduler
 from model import IQAModel, MetricModel, TrunkSpec
-from purifier import PurifierConfig
+from purifier import PerturbationDetector, PurifierConfig
+from purifier.perturbation_detector import save_detector
 from standin_metric import save_standin
 from weights_manifest import write_manifest
 
@@ -55,10 +56,24 @@ def write_tiny_release(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def write_flag_all_detector(folder: Path) -> Path:
+    """A released perturbation-detector folder whose estimate is 20/255 for every image, so
+    any gate up to 20 purifies everything (the behaviour of the ungated purifier)."""
+    model = PerturbationDetector((2, 2, 2, 2))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.head[-1].bias.fill_(20.0)  # softplus(20) = 20 to float precision
+    return save_detector(model, folder, "0", training={"kind": "test: flags every image"})
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``<tmp>/weights/ddpm-v1``: a tiny released denoiser for fast tests."""
-    return write_tiny_release(tmp_path_factory.mktemp("weights") / "ddpm-v1")
+    """``<tmp>/weights/ddpm-v1``: a tiny released denoiser for fast tests, beside a
+    ``detector-v1`` that flags every image (so a tuned gate in the defaults changes nothing)."""
+    weights = tmp_path_factory.mktemp("weights")
+    write_flag_all_detector(weights / "detector-v1")
+    return write_tiny_release(weights / "ddpm-v1")
 
 
 @pytest.fixture(scope="module")

@@ -240,14 +240,14 @@ def test_a_failed_purification_skips_that_batch_only(
     source = tmp_path / "in"
     save_image(random_image(8, 8, 0), source / "small.png")
     save_image(random_image(9, 9, 1), source / "odd.png")
-    original = DiffusionPurifier.__call__
+    original = DiffusionPurifier.purify_all  # what every path (whole or tiled) runs
 
     def out_of_memory(self, images, generator=None):
         if images.shape[-1] == 9:
             raise RuntimeError("DefaultCPUAllocator: not enough memory")
         return original(self, images, generator)
 
-    monkeypatch.setattr(DiffusionPurifier, "__call__", out_of_memory)
+    monkeypatch.setattr(DiffusionPurifier, "purify_all", out_of_memory)
     assert purify(source, tmp_path / "out", tiny_weights) == 1
     assert "cannot purify" in caplog.text and "odd.png" in caplog.text
     assert sorted(files(tmp_path / "out")) == ["small.png"]
