@@ -1,0 +1,112 @@
+"""How the perturbation detector sees a dataset: its strength estimates and the share of
+images each gate would send to purification.
+
+For datasets in the competition layout (``DIR/reference/<img>``, ``DIR/attacked/<attack>/<img>``)
+each attack and the references are one group; ``--clean DIR`` adds a folder of natural photos
+(for example CLIVE's test split, to count false alarms on photos the detector never saw).
+Prints a Markdown table (median and 90th percentile of the estimate, share flagged at each
+gate) and writes it with the raw estimates to ``--output`` as JSON.
+
+    python scripts/eval_detector.py --datasets runs/public-set runs/transfer-set \\
+        --clean /work/shared/data/clive/images --gates 0.5 1 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from image_io import ImageReadError, list_images, load_image  # noqa: E402
+from paths import WEIGHTS_DIR  # noqa: E402
+from purifier import PerturbationDetector, load_detector, newest_detector  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--detector", type=Path, default=None, help="default: newest detector-v*")
+    p.add_argument("--datasets", type=Path, nargs="*", default=[], help="competition layout")
+    p.add_argument("--clean", type=Path, nargs="*", default=[], help="folders of natural photos")
+    p.add_argument("--limit", type=int, default=None, help="at most N images per group")
+    p.add_argument("--gates", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
+    p.add_argument("--output", type=Path, default=None, help="JSON with the table and estimates")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if not args.datasets and not args.clean:
+        p.error("give --datasets and/or --clean")
+    if any(g < 0 for g in args.gates):
+        p.error("--gates must be >= 0")
+    return args
+
+
+def groups_of(args: argparse.Namespace) -> dict[str, list[Path]]:
+    """Group name -> image paths (``<dataset>/reference``, ``<dataset>/<attack>``, folders)."""
+    groups: dict[str, list[Path]] = {}
+    for dataset in args.datasets:
+        if not (dataset / "reference").is_dir():
+            raise SystemExit(f"{dataset} has no reference/ folder (competition layout)")
+        groups[f"{dataset.name}: reference"] = list_images(dataset / "reference")
+        for attack in sorted(p for p in (dataset / "attacked").iterdir() if p.is_dir()):
+            groups[f"{dataset.name}: {attack.name}"] = list_images(attack)
+    for folder in args.clean:
+        groups[f"{folder.name} (natural)"] = list_images(folder, recursive=True)
+    if args.limit:
+        groups = {name: paths[: args.limit] for name, paths in groups.items()}
+    return groups
+
+
+@torch.no_grad()
+def estimate_paths(detector: PerturbationDetector, paths: list[Path], desc: str) -> list[float]:
+    """One strength estimate (1/255) per readable image; unreadable ones are skipped."""
+    values = []
+    for path in tqdm(paths, desc=desc, leave=False):
+        try:
+            image = load_image(path)
+        except ImageReadError as err:
+            print(f"skipped {err}", file=sys.stderr)
+            continue
+        values.append(float(detector.estimate(image[None])[0]))
+    return values
+
+
+def table(estimates: dict[str, list[float]], gates: list[float]) -> str:
+    """Markdown table: group, images, median, p90, share flagged at each gate."""
+    head = "| group | images | median | p90 | " + " | ".join(f"≥ {g:g}" for g in gates) + " |"
+    lines = [head, "|" + "---|" * (4 + len(gates))]
+    for name, values in estimates.items():
+        if not values:
+            continue
+        v = torch.tensor(values)
+        shares = " | ".join(f"{float((v >= g).float().mean()):.2f}" for g in gates)
+        median, p90 = float(v.median()), float(v.quantile(0.9))
+        lines.append(f"| {name} | {len(values)} | {median:.2f} | {p90:.2f} | {shares} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    folder = args.detector or newest_detector(WEIGHTS_DIR)
+    detector = load_detector(folder)
+    started = time.perf_counter()
+    estimates = {
+        name: estimate_paths(detector, paths, name) for name, paths in groups_of(args).items()
+    }
+    text = table(estimates, args.gates)
+    print(f"detector {folder}; {time.perf_counter() - started:.0f} s\n\n{text}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        record = {"detector": str(folder), "gates": args.gates, "table": text}
+        args.output.write_text(json.dumps({**record, "estimates": estimates}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""Train the perturbation detector that gates purification (``purifier.PerturbationDetector``).
+
+Two phases, both resumable:
+
+1. **Attacked crops.** Random crops of ``clean/train`` (minus the tuning images and a held-out
+   set) are attacked by the attack suite against the stand-in metric with random attacks,
+   budgets (``--eps-range``), iterations and EOT (``attacks.RandomAttacks``), rounded to 8 bits
+   as a saved PNG would be, and written as shards under ``<run-dir>/shards`` (finished shards
+   are skipped on a rerun). The held-out images give the validation shards.
+2. **Regression.** The network learns the RMS of the perturbation (1/255 units) of attacked
+   crops and 0 for natural ones: the clean crops, crops of CLIVE's train split (authentic
+   camera distortions) and JPEG-compressed copies of both (quality 30-95, so codec output is
+   not taken for an attack). Loss: squared error of ``log1p`` of the strengths. Checkpoints
+   every ``--checkpoint-every`` steps (``--resume latest``).
+
+At the end the held-out report (clean estimates by source, attacked estimates by attack, the
+detection and false-alarm rates at several gates) is logged and written into the manifest.
+
+    python scripts/train_detector.py --output weights/detector-v1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paths  # noqa: E402
+from attacks.registry import ATTACKS  # noqa: E402
+from attacks.training_pairs import RandomAttacks  # noqa: E402
+from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
+from image_io import list_images, to_uint8  # noqa: E402
+from model import MetricModel  # noqa: E402
+from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
+from scripts.denoiser_run import (  # noqa: E402
+    TrainingProgress,
+    check_output_free,
+    checkpoints_oldest_first,
+    latest_checkpoint,
+    run_script,
+    setup_logging,
+)
+from scripts.train_ddpm import holdout_split, load_uint8  # noqa: E402
+from scripts.tuning import TUNING_IMAGES  # noqa: E402
+
+logger = logging.getLogger("train_detector")
+SHARD_DIR = "shards"
+REPORT_GATES = (0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", type=Path, default=paths.default_data_dir())
+    p.add_argument("--output", type=Path, default=paths.WEIGHTS_DIR / "detector-v1")
+    p.add_argument("--run-dir", type=Path, default=None, help="shards, checkpoints, log")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--metric-checkpoint", default=None, help="metric to attack (stand-in)")
+    p.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+    p.add_argument("--eps-range", type=float, nargs=2, default=(1.0, 16.0), help="in 1/255")
+    p.add_argument("--shards", type=int, default=96, help="training shards of attacked crops")
+    p.add_argument("--val-shards", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=24, help="crops per shard (one attack)")
+    p.add_argument("--crop", type=int, default=128, help="side of the attacked crops")
+    p.add_argument("--train-crop", type=int, default=64, help="random sub-crop for training")
+    p.add_argument("--holdout", type=int, default=24, help="clean/train images for validation")
+    p.add_argument("--clive-images", type=int, default=400, help="CLIVE train images as negatives")
+    p.add_argument("--jpeg-prob", type=float, default=0.3)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=32, help="half attacked, half natural")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training early")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.run_dir is None:
+        args.run_dir = paths.ROOT / "runs" / args.output.name
+    if not 0 < args.eps_range[0] <= args.eps_range[1] <= 255:
+        p.error(f"--eps-range must satisfy 0 < low <= high <= 255, got {args.eps_range}")
+    if not 8 <= args.train_crop <= args.crop:
+        p.error(f"--train-crop must be in 8..--crop ({args.crop}), got {args.train_crop}")
+    for name in ("shards", "val_shards", "shard_size", "crop", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 <= args.jpeg_prob <= 1:
+        p.error(f"--jpeg-prob must be in [0, 1], got {args.jpeg_prob}")
+    return args
+
+
+def random_crops(
+    images: list[torch.Tensor], count: int, size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``(count, 3, size, size)`` uint8 crops of random images at random places."""
+    crops = []
+    for _ in range(count):
+        image = images[int(torch.randint(len(images), (), generator=generator))]
+        top = int(torch.randint(image.shape[-2] - size + 1, (), generator=generator))
+        left = int(torch.randint(image.shape[-1] - size + 1, (), generator=generator))
+        crops.append(image[:, top : top + size, left : left + size])
+    return torch.stack(crops)
+
+
+def strength(clean: torch.Tensor, attacked: torch.Tensor) -> torch.Tensor:
+    """RMS of ``attacked - clean`` per image in 1/255 units, ``(B,)``; both ``(B, 3, H, W)``
+    uint8 (or float in [0, 255])."""
+    return (attacked.float() - clean.float()).square().mean((1, 2, 3)).sqrt()
+
+
+def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG round trip of ``(B, 3, H, W)`` uint8 images -> uint8, same shape."""
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()))
+    return torch.stack(out).permute(0, 3, 1, 2).contiguous()
+
+
+def make_shards(
+    folder: Path,
+    count: int,
+    sources: list[torch.Tensor],
+    attacks: RandomAttacks,
+    args: argparse.Namespace,
+    seed: int,
+) -> None:
+    """Write ``count`` shards (``clean``/``attacked`` uint8 crops of one random attack) into
+    ``folder``, skipping finished ones; shard ``i`` depends only on ``seed`` and ``i``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(count) if not (folder / f"shard_{i:04d}.safetensors").is_file()]
+    for i in tqdm(todo, desc=f"attacking crops ({folder.name})", mininterval=10):
+        generator = torch.Generator().manual_seed(seed * 100_003 + i)
+        clean = random_crops(sources, args.shard_size, args.crop, generator)
+        attacked, name = attacks.attack(clean.float() / 255, generator)
+        tensors = {"clean": clean, "attacked": torch.from_numpy(to_uint8_batch(attacked))}
+        path = folder / f"shard_{i:04d}.safetensors"
+        tmp = path.with_suffix(".part")
+        save_file(tensors, tmp, metadata={"attack": name})
+        tmp.rename(path)
+
+
+def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` floats in [0, 1] -> uint8 array of the same shape (8-bit rounding)."""
+    return np.stack([np.transpose(to_uint8(image), (2, 0, 1)) for image in images.detach()])
+
+
+def read_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All shards of ``folder``: ``(clean, attacked, attack name per crop)``, uint8 tensors."""
+    clean, attacked, names = [], [], []
+    for path in sorted(folder.glob("shard_*.safetensors")):
+        tensors = load_file(path)
+        with safe_open(path, "pt") as handle:
+            name = handle.metadata()["attack"]
+        clean.append(tensors["clean"])
+        attacked.append(tensors["attacked"])
+        names += [name] * len(tensors["clean"])
+    return torch.cat(clean), torch.cat(attacked), names
+
+
+def augment(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """One random ``size x size`` window, rotation by 90 degrees and flip for the whole
+    ``(B, C, S, S)`` batch (stack pairs along ``C`` to transform them alike)."""
+    top = int(torch.randint(batch.shape[-2] - size + 1, (), generator=generator))
+    left = int(torch.randint(batch.shape[-1] - size + 1, (), generator=generator))
+    batch = batch[..., top : top + size, left : left + size]
+    batch = torch.rot90(batch, int(torch.randint(4, (), generator=generator)), dims=(2, 3))
+    return batch.flip(-1) if int(torch.randint(2, (), generator=generator)) else batch
+
+
+def natural_batch(
+    pools: list[torch.Tensor], count: int, args: argparse.Namespace, generator: torch.Generator
+) -> torch.Tensor:
+    """``count`` uint8 natural crops drawn evenly from the given crop pools (with
+    replacement), all JPEG-compressed with probability ``args.jpeg_prob``."""
+    picks = []
+    for i in range(count):
+        pool = pools[i % len(pools)]
+        picks.append(pool[int(torch.randint(len(pool), (), generator=generator))])
+    batch = torch.stack(picks)
+    if float(torch.rand((), generator=generator)) < args.jpeg_prob:
+        batch = jpeg(batch, int(torch.randint(30, 96, (), generator=generator)))
+    return batch
+
+
+def log_strength_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``log1p`` of the strengths (both ``(B,)``, >= 0)."""
+    return (torch.log1p(predicted) - torch.log1p(target)).square().mean()
+
+
+@torch.no_grad()
+def estimates(model: PerturbationDetector, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """``(N,)`` strengths of ``(N, 3, S, S)`` uint8 crops."""
+    model.eval()
+    parts = [model(images[i : i + batch].float() / 255) for i in range(0, len(images), batch)]
+    return torch.cat(parts)
+
+
+def held_out_report(
+    model: PerturbationDetector,
+    clean: torch.Tensor,
+    attacked: torch.Tensor,
+    names: list[str],
+    clive: torch.Tensor,
+) -> dict[str, Any]:
+    """Held-out estimates: quantiles per natural source and per attack, and the share of
+    each flagged at every gate of ``REPORT_GATES``."""
+    groups = {
+        "clean/train": estimates(model, clean),
+        "clean/train JPEG q50": estimates(model, jpeg(clean, 50)),
+        "CLIVE (val carve)": estimates(model, clive),
+        "CLIVE JPEG q50": estimates(model, jpeg(clive, 50)),
+    }
+    attacked_est = estimates(model, attacked)
+    true_strength = strength(clean, attacked)
+    for name in sorted(set(names)):
+        mask = torch.tensor([n == name for n in names])
+        groups[f"attacked: {name}"] = attacked_est[mask]
+    report: dict[str, Any] = {}
+    for group, values in groups.items():
+        report[group] = {
+            "n": len(values),
+            "median": round(float(values.median()), 3),
+            "p90": round(float(values.quantile(0.9)), 3),
+            "flagged": {
+                str(g): round(float((values >= g).float().mean()), 3) for g in REPORT_GATES
+            },
+        }
+    report["attacked: true strength median"] = round(float(true_strength.median()), 3)
+    return report
+
+
+def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
+    """Both phases; the exit code."""
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    output = args.output if args.output.is_absolute() else Path.cwd() / args.output
+    check_output_free(output)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(logger, args.run_dir)
+    logger.info("command: %s", command)
+
+    train_dir = args.data / "clean" / "train"
+    all_paths = [p for p in list_images(train_dir) if p.name not in TUNING_IMAGES]
+    train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
+    sources, held = load_uint8(train_paths), load_uint8(holdout_paths)
+    fit_rows, val_rows = carve_validation(read_mos_csv(args.data, "train"), 0.15, seed=0)
+    clive = load_uint8_images([r.path for r in fit_rows[: args.clive_images]], "CLIVE train")
+    clive_val = load_uint8_images([r.path for r in val_rows], "CLIVE val carve")
+
+    metric = MetricModel("cpu", args.metric_checkpoint).eval()
+    for parameter in metric.parameters():
+        parameter.requires_grad_(False)
+    attacks = RandomAttacks(
+        metric, args.attacks, eps_range=(args.eps_range[0] / 255, args.eps_range[1] / 255)
+    )
+    shard_root = args.run_dir / SHARD_DIR
+    make_shards(shard_root / "train", args.shards, sources, attacks, args, args.seed)
+    make_shards(shard_root / "val", args.val_shards, held, attacks, args, args.seed + 1)
+    if stop_signal:
+        return 1
+    clean, attacked, _ = read_shards(shard_root / "train")
+    val_clean, val_attacked, val_names = read_shards(shard_root / "val")
+    data_generator = torch.Generator().manual_seed(args.seed)
+    clive_crops = random_crops(clive, 4 * len(clean), args.crop, data_generator)
+    clive_val_crops = random_crops(clive_val, len(val_clean), args.crop, data_generator)
+    target = strength(clean, attacked)
+    logger.info(
+        "%d attacked crops (median strength %.2f/255), %d CLIVE crops",
+        len(attacked),
+        float(target.median()),
+        len(clive_crops),
+    )
+
+    accelerator = Accelerator(cpu=True, project_dir=str(args.run_dir))
+    model = PerturbationDetector()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    progress = TrainingProgress(data_generator)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(progress)
+    if args.resume:
+        checkpoint = (
+            latest_checkpoint(args.run_dir) if args.resume == "latest" else Path(args.resume)
+        )
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, progress.step)
+    budget = math.inf if args.max_minutes is None else args.max_minutes * 60
+    seconds_before, session_start = progress.seconds, time.monotonic()
+    half = args.batch_size // 2
+    bar = tqdm(total=args.steps, initial=progress.step, desc="training detector", mininterval=10)
+    running = []
+    while progress.step < args.steps and not stop_signal:
+        if time.monotonic() - session_start > budget:
+            logger.info("time budget of %.1f min reached", args.max_minutes)
+            break
+        lr = args.lr * 0.5 * (1 + math.cos(math.pi * progress.step / args.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        gen = progress.generator
+        picks = torch.randint(len(attacked), (half,), generator=gen)
+        pairs = augment(torch.cat([clean[picks], attacked[picks]], 1), args.train_crop, gen)
+        positives = pairs[:, 3:]
+        natural = natural_batch([clean, clive_crops], half, args, gen)
+        negatives = augment(natural, args.train_crop, gen)
+        images = torch.cat([positives, negatives]).float() / 255
+        goal = torch.cat([strength(pairs[:, :3], positives), torch.zeros(len(negatives))])
+        model.train()
+        loss = log_strength_loss(model(images), goal)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        progress.seconds = seconds_before + time.monotonic() - session_start
+        bar.update(1)
+        running.append(loss.item())
+        if progress.step % 100 == 0:
+            logger.info("step %d loss %.4f lr %.2e", progress.step, np.mean(running), lr)
+            running = []
+        if progress.step % args.checkpoint_every == 0:
+            accelerator.save_state(str(args.run_dir / "checkpoint" / f"step_{progress.step}"))
+            for old in checkpoints_oldest_first(args.run_dir)[:-2]:
+                shutil.rmtree(old)
+    bar.close()
+    if stop_signal:
+        accelerator.save_state(str(args.run_dir / "checkpoint" / f"step_{progress.step}"))
+        logger.warning("stopped by signal; resume with --resume latest")
+        return 1
+    detector = accelerator.unwrap_model(model).eval()
+    report = held_out_report(detector, val_clean, val_attacked, val_names, clive_val_crops)
+    logger.info("held-out report:\n%s", json.dumps(report, indent=1))
+    save_detector(
+        detector,
+        output,
+        output.name,
+        training={
+            "data": {
+                "attacked": f"random crops of {train_dir} minus the tuning images and "
+                f"{len(holdout_paths)} held-out images",
+                "natural": "the same crops, CLIVE train split (val carve held out), JPEG copies",
+                "holdout_images": [p.name for p in holdout_paths],
+                "metric_attacked": str(args.metric_checkpoint or "stand-in"),
+            },
+            "steps": progress.step,
+            "train_seconds": round(progress.seconds, 1),
+            "wall_minutes": round((time.monotonic() - started) / 60, 1),
+            "command": command,
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "held_out": report,
+        },
+    )
+    logger.info("wrote %s", output)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script(parse_args, train, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

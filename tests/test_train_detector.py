@@ -1,0 +1,129 @@
+"""scripts/train_detector.py helpers and scripts/eval_detector.py on tiny data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from image_io import save_image
+from purifier import PerturbationDetector
+from purifier.perturbation_detector import save_detector
+from scripts import eval_detector, train_detector
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def uint8_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), generator=gen(seed), dtype=torch.uint8)
+
+
+def test_strength_is_the_rms_difference_in_255_units() -> None:
+    clean = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    attacked = clean.clone()
+    attacked[0] += 3  # every pixel off by 3
+    attacked[1, 0, 0, 0] = 48  # one of 48 values off by 48: RMS sqrt(48^2 / 48)
+    assert torch.equal(train_detector.strength(clean, attacked), torch.tensor([3.0, 48**0.5]))
+
+
+def test_log_strength_loss_is_zero_on_target_and_pinned_off_it() -> None:
+    target = torch.tensor([0.0, 3.0])
+    assert float(train_detector.log_strength_loss(target, target)) == 0.0
+    loss = train_detector.log_strength_loss(torch.tensor([0.0, 0.0]), target)
+    assert float(loss) == pytest.approx(torch.log1p(torch.tensor(3.0)).item() ** 2 / 2)
+
+
+def test_random_crops_are_seeded_windows_of_the_sources() -> None:
+    sources = [uint8_images(1, 20, seed=1)[0], uint8_images(1, 12, seed=2)[0]]
+    crops = train_detector.random_crops(sources, 5, 8, gen(3))
+    assert crops.shape == (5, 3, 8, 8) and crops.dtype == torch.uint8
+    assert torch.equal(crops, train_detector.random_crops(sources, 5, 8, gen(3)))
+    for crop in crops:  # each crop occurs in one of the sources
+        found = any(
+            torch.equal(src[:, i : i + 8, j : j + 8], crop)
+            for src in sources
+            for i in range(src.shape[1] - 7)
+            for j in range(src.shape[2] - 7)
+        )
+        assert found
+
+
+def test_augment_moves_stacked_pairs_alike() -> None:
+    clean = uint8_images(4, 16)
+    pairs = torch.cat([clean, clean], 1)  # identical halves stay identical
+    out = train_detector.augment(pairs, 8, gen(0))
+    assert out.shape == (4, 6, 8, 8)
+    assert torch.equal(out[:, :3], out[:, 3:])
+
+
+def test_jpeg_round_trip_keeps_shape_and_changes_values() -> None:
+    images = uint8_images(2, 16)
+    out = train_detector.jpeg(images, 50)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, images)
+
+
+def test_natural_batch_draws_from_every_pool() -> None:
+    pools = [torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.full((5, 3, 8, 8), 255)]
+    pools[1] = pools[1].to(torch.uint8)
+    args = argparse.Namespace(jpeg_prob=0.0)
+    batch = train_detector.natural_batch(pools, 4, args, gen(0))
+    assert batch.shape == (4, 3, 8, 8)
+    assert [int(b.float().mean()) for b in batch] == [0, 255, 0, 255]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--eps-range", "0", "4"],
+        ["--eps-range", "8", "4"],
+        ["--train-crop", "200"],
+        ["--shards", "0"],
+        ["--jpeg-prob", "1.5"],
+    ],
+)
+def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_detector.parse_args(extra)
+    assert info.value.code == 2
+    assert extra[0] in capsys.readouterr().err
+
+
+# --- eval_detector ------------------------------------------------------------------------------
+
+
+def test_table_counts_the_share_at_or_over_each_gate() -> None:
+    text = eval_detector.table({"a": [0.0, 1.0, 2.0, 3.0], "empty": []}, [1.0, 2.5])
+    rows = text.splitlines()
+    assert rows[0] == "| group | images | median | p90 | ≥ 1 | ≥ 2.5 |"
+    assert rows[2] == "| a | 4 | 1.00 | 2.70 | 0.75 | 0.25 |"  # torch.median: lower middle
+    assert len(rows) == 3  # empty groups are left out
+
+
+def test_eval_detector_cli_on_a_tiny_dataset(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    folder = save_detector(PerturbationDetector((4, 4, 4, 4)), tmp_path / "detector-v1", "1")
+    data = tmp_path / "set"
+    for name in ("a.png", "b.png"):
+        save_image(torch.rand(3, 12, 12), data / "reference" / name)
+        save_image(torch.rand(3, 12, 12), data / "attacked" / "fgsm" / name)
+    (data / "attacked" / "fgsm" / "c.png").write_bytes(b"broken")
+    out = tmp_path / "report.json"
+    argv = ["--detector", str(folder), "--datasets", str(data), "--gates", "0", "100"]
+    assert eval_detector.main([*argv, "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert sorted(report["estimates"]) == ["set: fgsm", "set: reference"]
+    assert [len(v) for v in report["estimates"].values()] == [2, 2]  # the broken file skipped
+    assert "| set: fgsm | 2 |" in report["table"] and "| 1.00 | 0.00 |" in report["table"]
+
+
+def test_eval_detector_needs_something_to_score(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        eval_detector.parse_args([])
+    with pytest.raises(SystemExit):
+        eval_detector.parse_args(["--clean", "x", "--gates", "-1"])
