@@ -62,20 +62,23 @@ ADAPTIVE_LIMIT = 3.0
 FAR_BELOW = 0.5
 """Our reading of "far below the undefended gain": at most this fraction of it."""
 
-CLEAN, UNDEFENDED, NON_ADAPTIVE, FULL, BPDA = (
+CLEAN, UNDEFENDED, NON_ADAPTIVE, FULL, BPDA, EVADE = (
     "clean",
     "undefended",
     "non-adaptive",
     "adaptive (full)",
     "adaptive (BPDA)",
+    "adaptive (evade gate)",
 )
 SETTINGS = (UNDEFENDED, NON_ADAPTIVE, FULL, BPDA)
+"""Every run has these; ``EVADE`` is added when the defense has a detector gate."""
 DESCRIPTIONS = {
     CLEAN: "defense on the clean image",
     UNDEFENDED: "attack the bare metric, no defense",
     NON_ADAPTIVE: "attack the bare metric, then defend",
     FULL: "attack metric(defense(x)), full gradients, EOT",
     BPDA: "attack metric(defense(x)), BPDA (identity backward), EOT",
+    EVADE: "attack metric(x) - w * relu(detector(x) - gate / 2), then defend",
 }
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -149,9 +152,12 @@ def evaluate_image(
     alpha: float,
     eot: int,
     seed: int,
+    evade_weight: float = 100.0,
 ) -> list[Record]:
     """The records of one ``(1, 3, H, W)`` image at budget ``eps`` (pixel units in [0, 1]):
-    one per ``SETTINGS``. ``purifier(x, generator=...)`` is the defense."""
+    one per ``SETTINGS``, plus ``EVADE`` when the purifier has a detector gate (the attacker
+    raises the bare metric while pushing the detector's estimate below half the gate, so
+    the image would pass unpurified). ``purifier(x, generator=...)`` is the defense."""
     reference = score(metric, image)
 
     def defended(x: torch.Tensor) -> torch.Tensor:  # one shared evaluation draw per image
@@ -183,12 +189,36 @@ def evaluate_image(
     bare, bare_seconds = attack(None, "full")
     full, full_seconds = attack(purifier, "full")
     bpda, bpda_seconds = attack(purifier, "bpda")
-    return [
+    records = [
         record(UNDEFENDED, bare, bare_seconds, bare),
         record(NON_ADAPTIVE, defended(bare), bare_seconds, bare),
         record(FULL, defended(full), full_seconds, full),
         record(BPDA, defended(bpda), bpda_seconds, bpda),
     ]
+    detector = getattr(purifier, "detector", None)
+    if detector is not None:
+        margin = purifier.config.gate / 2
+
+        def evading(x: torch.Tensor) -> torch.Tensor:
+            penalty = (detector(x) - margin).clamp_min(0) * evade_weight
+            return metric(x) - penalty[:, None]
+
+        options = {"eps": eps, "steps": iterations, "alpha": alpha}
+        run = adaptive_attack(evading, None, eot_samples=eot, **options)
+        start = time.perf_counter()
+        evade = run(image, generator_for(seed, "attack", name, eps, "evade"))
+        with torch.no_grad():
+            estimate = float(detector(evade)[0])
+        logger.info(
+            "%s eps %.1f/255: evading image's detector estimate %.2f (gate %g): %s",
+            name,
+            eps * 255,
+            estimate,
+            purifier.config.gate,
+            "passes unpurified" if estimate < purifier.config.gate else "purified",
+        )
+        records.append(record(EVADE, defended(evade), time.perf_counter() - start, evade))
+    return records
 
 
 def clean_record(
@@ -213,6 +243,7 @@ def run_evaluation(
     alpha: float = 1 / 255,
     eot: int = 4,
     seed: int = 0,
+    evade_weight: float = 100.0,
     progress: bool = True,
 ) -> list[Record]:
     """Every record: one ``clean`` per image, then ``SETTINGS`` per image and eps."""
@@ -235,6 +266,7 @@ def run_evaluation(
                 alpha=alpha,
                 eot=eot,
                 seed=seed,
+                evade_weight=evade_weight,
             )
     return records
 
@@ -261,7 +293,7 @@ def summarize(records: Sequence[Record]) -> list[dict[str, Any]]:
             "attack_seconds_per_image": harness.nan_mean([r.attack_seconds for r in chosen]),
             "mean_linf_255": harness.nan_mean([r.linf * 255 for r in chosen]),
         }
-        if setting in (FULL, BPDA):
+        if setting in (FULL, BPDA, EVADE):
             non_adaptive, undefended = means[(eps, NON_ADAPTIVE)], means[(eps, UNDEFENDED)]
             row["x_non_adaptive"] = _ratio(gain, non_adaptive)
             row["x_undefended"] = _ratio(gain, undefended)
@@ -367,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
     parser.add_argument("--t-star", type=int, default=None, help="defense noise level")
     parser.add_argument("--steps", type=int, default=None, help="defense reverse steps")
+    parser.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
+    parser.add_argument(
+        "--evade-weight",
+        type=float,
+        default=100.0,
+        help="score points per 1/255 of detector estimate above gate/2 (evade setting)",
+    )
     parser.add_argument(
         "--metric",
         type=Path,
@@ -392,6 +431,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--crop must be >= 0, got {args.crop}")
     if not 0 < args.alpha <= 255:
         parser.error(f"--alpha must lie in (0, 255] (x/255), got {args.alpha}")
+    if not args.evade_weight > 0:
+        parser.error(f"--evade-weight must be > 0, got {args.evade_weight}")
     try:
         args.eps_values = parse_eps(args.eps)
     except ValueError as err:
@@ -413,7 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device(args.device)
         metric = MetricModel(device, args.metric).eval()
         defense = Defense(
-            device, t_star=args.t_star, steps=args.steps, weights=args.weights, seed=args.seed
+            device,
+            t_star=args.t_star,
+            steps=args.steps,
+            gate=args.gate,
+            weights=args.weights,
+            seed=args.seed,
         )
         logger.info("%d images, metric %s, %r", len(images), metric.name, defense)
         with logging_redirect_tqdm():
@@ -426,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 alpha=args.alpha / 255,
                 eot=args.eot,
                 seed=args.seed,
+                evade_weight=args.evade_weight,
                 progress=not args.no_progress,
             )
     except (ValueError, FileNotFoundError) as err:
@@ -449,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alpha_255": args.alpha,
         "eot": args.eot,
         "seed": args.seed,
+        "evade_weight": args.evade_weight,
     }
     markdown = render_markdown(rows, meta)
     print(markdown)

@@ -104,7 +104,7 @@ def parse_defenses(spec: str) -> list[str]:
     if unknown or not names:
         raise ValueError(f"unknown or no defenses {unknown}; known: {', '.join(sorted(DEFENSES))}")
     for name in names:
-        split_defense_spec(name)  # ValueError for a missing weights folder
+        split_defense_spec(name)  # ValueError for a missing weights folder or a bad knob
     return names
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
 from image_io import load_image
 from model import IQAModel
 from paths import ROOT
+from purifier.config import PurifierConfig
 
 logger = logging.getLogger(__name__)
 
@@ -317,14 +319,46 @@ WEIGHTS_SEPARATOR = "@"
 or a path), so several weight versions can be compared in one run."""
 
 
+KNOB_SEPARATOR = ":"
+"""``ddpm:gate=0`` (or ``ddpm@ddpm-v1:t_star=60:steps=1``) is the ``ddpm`` defense with those
+``PurifierConfig`` knobs changed, so variants can be compared in one run."""
+
+
+def split_knobs(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"ddpm@v1:gate=0:sampler=ddim"`` -> ``("ddpm@v1", {"gate": 0, "sampler": "ddim"})``.
+
+    Values are read as JSON numbers where they parse, else kept as strings. ``ValueError``
+    for a knob without ``=``, on a defense other than ``ddpm``, or not a ``PurifierConfig``
+    field (values are checked when the defense is built).
+    """
+    base, *pairs = spec.split(KNOB_SEPARATOR)
+    knobs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{spec!r}: knobs are written name=value, got {pair!r}")
+        try:
+            knobs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[key] = value
+    if knobs:
+        if base.partition(WEIGHTS_SEPARATOR)[0] != "ddpm":
+            raise ValueError(f"{spec!r}: only the ddpm defense takes knobs")
+        unknown = sorted(set(knobs) - {f.name for f in dataclasses.fields(PurifierConfig)})
+        if unknown:
+            raise ValueError(f"{spec!r}: unknown purifier knob(s) {unknown}")
+    return base, knobs
+
+
 def split_defense_spec(spec: str) -> tuple[str, Path | None]:
     """``"ddpm@ddpm-v1"`` -> ``("ddpm", <weights>/ddpm-v1)``; ``"jpeg"`` -> ``("jpeg", None)``.
+    Knobs (``:name=value``, see ``split_knobs``) are ignored here.
 
     Only the diffusion defenses (``ddpm``, ``diffpure``) take weights; the folder is used as
     given when it exists, else looked up under the project's ``weights/``. ``ValueError`` if
     it is found in neither place or the defense takes no weights.
     """
-    name, sep, folder = spec.partition(WEIGHTS_SEPARATOR)
+    name, sep, folder = split_knobs(spec)[0].partition(WEIGHTS_SEPARATOR)
     if not sep:
         return name, None
     if name not in ("ddpm", "diffpure") or not folder:
@@ -339,7 +373,9 @@ def defense_label(spec: str) -> str:
     """Human label of a defense spec, e.g. ``ours (defense.Defense), weights ddpm-v1``."""
     name, weights = split_defense_spec(spec)
     label = LABELS.get(name, name)
-    return label if weights is None else f"{label}, weights {weights.name}"
+    label = label if weights is None else f"{label}, weights {weights.name}"
+    knobs = split_knobs(spec)[1]
+    return label + "".join(f", {k}={v}" for k, v in knobs.items())
 
 
 def build_defense(
@@ -351,12 +387,13 @@ def build_defense(
 ) -> PurifyingDefense:
     """A registered defense (or ``ddpm@<weights>``); the diffusion ones get ``weights`` (the
     spec's own folder first) and a fixed ``seed``."""
+    knobs = split_knobs(name)[1]
     name, own_weights = split_defense_spec(name)
     weights = own_weights if own_weights is not None else weights
     if name == "ddpm":
         from defense import Defense
 
-        return Defense(device, weights=weights, seed=seed)
+        return Defense(device, weights=weights, seed=seed, **knobs)
     if name == "diffpure":
         return diffpure_defense(device, weights=weights, seed=seed)
     return make_defense(name, device)

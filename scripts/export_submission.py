@@ -12,12 +12,14 @@ Layout of the bundle::
                                      weights_manifest.py, image_checks.py
     iqa_purify_runtime/purifier/defaults.json   the knobs baked in
     weights/ddpm-v<N>/               config, safetensors, scheduler config, manifest
+    weights/detector-v<N>/           the perturbation detector, when the knobs set gate > 0
     bundle.json                      knobs, weights, source commit, sha256 of every file
 
-Runtime needs: torch and diffusers only (no einops, scikit-image, scipy, accelerate); the
-bundle never imports a module called ``model``. Files are copied from the project (one source
-of truth) with their imports redirected to the private package; ``Defense(device, seed=s)``
-of the bundle gives bit-identical output to the project's with the same knobs and weights.
+Runtime needs: torch and diffusers only (and safetensors, which diffusers brings; no einops,
+scikit-image, scipy, accelerate); the bundle never imports a module called ``model``. Files are
+copied from the project (one source of truth) with their imports redirected to the private
+package; ``Defense(device, seed=s)`` of the bundle gives bit-identical output to the project's
+with the same knobs and weights.
 Knobs left out (``--t-star`` ... ``--unsharp-radius``) take the project's current defaults
 (``purifier/defaults.json`` if present, else the provisional ones). An existing output is
 refused unless ``--force``, which only replaces a folder this script made.
@@ -44,8 +46,14 @@ import diffusers  # noqa: E402
 import torch  # noqa: E402
 
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
-from purifier import PurifierConfig, load_default_config, resolve_weights  # noqa: E402
+from purifier import (  # noqa: E402
+    PurifierConfig,
+    load_default_config,
+    newest_detector,
+    resolve_weights,
+)
 from purifier.config import config_from_options  # noqa: E402
+from purifier.perturbation_detector import RELEASE_PATTERN as RELEASE_DETECTOR  # noqa: E402
 from purifier.weights import RELEASE_PATTERN  # noqa: E402
 from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 from scripts.submission_source import (  # noqa: E402
@@ -63,16 +71,23 @@ RUNTIME_PACKAGE = "iqa_purify_runtime"
 RUNTIME_MODULES = {
     "diffusion": ("denoiser", "loading", "noise", "purification"),
     "schedulers": ("factory", "timestep_spacing"),
-    "purifier": ("config", "diffusion_purifier", "tiling", "unsharp", "weights"),
+    "purifier": (
+        "config",
+        "diffusion_purifier",
+        "perturbation_detector",
+        "tiling",
+        "unsharp",
+        "weights",
+    ),
 }
-RUNTIME_FILES = ("weights_manifest", "image_checks")
+RUNTIME_FILES = ("weights_manifest", "image_checks", "atomic_write")
 # Project module -> bundled module. The bundle has no ``model``: the competition brings its
 # own, so ``from model import check_images`` (the older spelling) goes to image_checks.
 IMPORT_MAP = {
     **{name: f"{RUNTIME_PACKAGE}.{name}" for name in (*RUNTIME_MODULES, *RUNTIME_FILES)},
     "model": f"{RUNTIME_PACKAGE}.image_checks",
 }
-THIRD_PARTY = ("torch", "diffusers", "tqdm")
+THIRD_PARTY = ("torch", "diffusers", "safetensors", "tqdm")  # safetensors comes with diffusers
 DEFAULTS_NAME = "defaults.json"
 BUNDLE_INFO = "bundle.json"
 BUNDLE_FORMAT = 1
@@ -128,12 +143,15 @@ def export_submission(
     weights: str | Path | None = None,
     make_zip: bool = True,
     force: bool = False,
+    detector: str | Path | None = None,
 ) -> Bundle:
     """Write the bundle to ``out`` (and ``out.zip`` if ``make_zip``).
 
     ``config``: the knobs baked in (default: the project's current defaults); ``weights``: the
     denoiser folder (default: the newest released ``weights/ddpm-v<N>``), checked against its
-    manifest before and after copying. ExportError if ``out`` or its zip exists (unless
+    manifest before and after copying. With ``config.gate > 0`` the perturbation detector
+    ``detector`` (default: the newest released ``weights/detector-v<N>``) is bundled too.
+    ExportError if ``out`` or its zip exists (unless
     ``force`` and ``out`` is a bundle made here), ``purifier.MissingWeightsError`` /
     ``weights_manifest.WeightsIntegrityError`` for bad weights.
     """
@@ -154,6 +172,14 @@ def export_submission(
         )
         bundled_weights = staging / "weights" / weights_name
         _copy_weights(source_weights, manifest, bundled_weights)
+        if config.gate > 0:
+            source_detector = Path(detector or newest_detector(WEIGHTS_DIR)).resolve()
+            detector_manifest = verify_manifest(source_detector)
+            # the bundled Defense finds it as the newest detector-v<N> beside the denoiser
+            detector_name = f"detector-v{detector_manifest.get('version', '1')}"
+            if RELEASE_DETECTOR.fullmatch(source_detector.name):
+                detector_name = source_detector.name
+            _copy_weights(source_detector, detector_manifest, staging / "weights" / detector_name)
         problems = bundle_import_problems(staging, RUNTIME_PACKAGE, THIRD_PARTY)
         if problems:
             raise RuntimeError("the bundle would not import cleanly:\n" + "\n".join(problems))
@@ -329,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="denoiser folder with manifest.json (default: newest weights/ddpm-v*)",
     )
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        default=None,
+        help="detector folder bundled when gate > 0 (default: newest weights/detector-v*)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a bundle written before")
     knobs = parser.add_argument_group("knobs baked into the bundle (default: project defaults)")
     knobs.add_argument("--t-star", type=int, default=None, help="noise level (training step)")
@@ -338,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--ensemble", type=int, default=None, help="average N stochastic runs")
     knobs.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
     knobs.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
+    knobs.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
     return parser
 
 
@@ -346,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_options(args)
-        bundle = export_submission(args.out, config, args.weights, args.zip, args.force)
+        bundle = export_submission(
+            args.out, config, args.weights, args.zip, args.force, args.detector
+        )
     except (ExportError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"export_submission: error: {err}") from err
     knobs = ", ".join(f"{k}={v}" for k, v in bundle.config.to_dict().items())

@@ -199,6 +199,38 @@ def test_evaluation_refuses_bad_input(tiny_defense: Defense, tmp_path: Path) -> 
         adaptive_eval.load_clean_images(tmp_path / "empty", 0, 0)
 
 
+def test_a_gated_defense_gets_the_evasion_attack_which_lowers_the_estimate(
+    tiny_weights: Path,
+) -> None:
+    from purifier import DiffusionPurifier, PerturbationDetector, PurifierConfig
+
+    torch.manual_seed(0)
+    detector = PerturbationDetector((4, 4, 4, 4)).eval()
+    for parameter in detector.parameters():
+        parameter.requires_grad_(False)
+    base = DiffusionPurifier.from_pretrained(tiny_weights, "cpu", PurifierConfig(**KNOBS))
+    image = rand(1, 3, 16, 16, seed=5)
+    gate = 0.5 * float(detector(image)[0])  # the clean image is over it: the attack must evade
+    config = PurifierConfig(**KNOBS, gate=gate)
+    gated = DiffusionPurifier(base.model, dict(base.scheduler.config), config, 0, detector)
+    records = adaptive_eval.evaluate_image(
+        "a.png", image, ToyMetric().eval(), gated, 10 / 255, iterations=3, alpha=2 / 255, eot=1,
+        seed=0, evade_weight=1e4,
+    )  # fmt: skip
+    settings = [r.setting for r in records]
+    assert settings == [*adaptive_eval.SETTINGS, adaptive_eval.EVADE]
+    assert records[-1].linf <= 10 / 255 + 1e-6
+    bare = adaptive_attack(ToyMetric().eval(), None, eps=10 / 255, steps=3, alpha=2 / 255)
+    plain = bare(image, gen(0))
+    metric = ToyMetric().eval()  # rebuild the evasion image to read its estimate
+
+    def evading(x: torch.Tensor) -> torch.Tensor:
+        return metric(x) - ((detector(x) - gate / 2).clamp_min(0) * 1e4)[:, None]
+
+    evade = adaptive_attack(evading, None, eps=10 / 255, steps=3, alpha=2 / 255)(image, gen(0))
+    assert float(detector(evade)[0]) < float(detector(plain)[0])
+
+
 # --- the command line, end to end ---------------------------------------------------------------
 
 
@@ -297,6 +329,7 @@ def test_cli_markdown_shows_the_json_numbers(report: dict) -> None:
         ["--eps", "0"],
         ["--eps", "four"],
         ["--threads", "0"],
+        ["--evade-weight", "0"],
     ],
 )
 def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:

@@ -40,6 +40,7 @@ from scripts.benchmarking import (
     linearity_seconds,
     select_pairs,
     split_defense_spec,
+    split_knobs,
     spread,
     time_ratios,
 )
@@ -424,3 +425,28 @@ def test_defense_specs_name_other_weights(tiny_weights: Path) -> None:
             split_defense_spec(bad)
     with pytest.raises(ValueError, match="no weights folder"):
         benchmark_cli.parse_defenses("none,ddpm@no-such-weights")
+
+
+def test_defense_specs_change_knobs(tiny_weights: Path) -> None:
+    spec = f"ddpm@{tiny_weights}:t_star=30:steps=3:sampler=ddpm:gate=0"
+    assert split_knobs(spec) == (
+        f"ddpm@{tiny_weights}",
+        {"t_star": 30, "steps": 3, "sampler": "ddpm", "gate": 0},
+    )
+    assert split_defense_spec(spec) == ("ddpm", tiny_weights)
+    assert defense_label("ddpm:gate=0.5") == "ours (defense.Defense), gate=0.5"
+    built = build_defense(spec, "cpu")
+    assert (built.config.t_star, built.config.steps, built.purifier.timesteps) == (
+        30, 3, [30, 20, 9],
+    )  # fmt: skip
+    assert benchmark_cli.parse_defenses("ddpm,ddpm:gate=0") == ["ddpm", "ddpm:gate=0"]
+    for bad, message in (
+        ("jpeg:gate=0", "only the ddpm defense takes knobs"),
+        ("ddpm:gate", "name=value"),
+        ("ddpm:=1", "name=value"),
+        ("ddpm:colour=1", "unknown purifier knob"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            split_knobs(bad)
+    with pytest.raises(ValueError, match="t_star"):
+        build_defense("ddpm:t_star=0", "cpu", weights=tiny_weights)  # values checked on build

@@ -23,7 +23,14 @@ from PIL import Image
 
 from defense import Defense
 from paths import ROOT
-from purifier import MissingWeightsError, PurifierConfig, load_default_config
+from purifier import (
+    MissingWeightsError,
+    PerturbationDetector,
+    PurifierConfig,
+    load_default_config,
+    load_detector,
+)
+from purifier.perturbation_detector import save_detector
 from scripts import export_submission as export
 from scripts.submission_source import bundle_import_problems, prune_init, rewrite_imports
 from weights_manifest import WeightsIntegrityError, sha256_file, verify_manifest
@@ -37,6 +44,7 @@ PINNED = {
     "ensemble": 2,
     "unsharp_amount": 0.5,
     "unsharp_radius": 0.8,
+    "gate": 0.0,
 }
 
 
@@ -216,6 +224,7 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
         "__init__.py",
         "image_checks.py",
         "weights_manifest.py",
+        "atomic_write.py",
         "diffusion/__init__.py",
         "diffusion/denoiser.py",
         "diffusion/loading.py",
@@ -227,11 +236,13 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
         "purifier/__init__.py",
         "purifier/config.py",
         "purifier/diffusion_purifier.py",
+        "purifier/perturbation_detector.py",
         "purifier/tiling.py",
         "purifier/unsharp.py",
         "purifier/weights.py",
     }
-    assert bundle_import_problems(folder, PACKAGE, ["torch", "diffusers", "tqdm"]) == []
+    allowed = ["torch", "diffusers", "safetensors", "tqdm"]
+    assert bundle_import_problems(folder, PACKAGE, allowed) == []
     # Copies of the real files: identical once the generated header and imports are undone.
     bundled = (folder / PACKAGE / "schedulers" / "timestep_spacing.py").read_text()
     assert bundled.split("\n", 1)[1] == (ROOT / "schedulers" / "timestep_spacing.py").read_text()
@@ -330,6 +341,28 @@ def test_pinned_knobs_are_baked_in(
     assert torch.equal(got, expected.apply_defense(x))
 
 
+def test_a_gated_bundle_carries_the_detector_and_matches_the_project(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    detector = save_detector(
+        PerturbationDetector((4, 4, 4, 4)), tmp_path / "det" / "detector-v3", "3"
+    )
+    x = images(seed=5)
+    gate = float(load_detector(detector)(x).mean())  # one image over the gate, one under
+    out = tmp_path / "gated"
+    argv = ["--out", str(out), "--weights", str(tiny_weights), "--detector", str(detector)]
+    assert export.main([*argv, "--no-zip", "--t-star", "20", "--gate", str(gate)]) == 0
+    assert verify_manifest(out / "weights" / "detector-v3")["version"] == "3"
+    with bundle_defense(out) as module:
+        submitted = module.Defense("cpu", seed=3)
+        got = submitted.apply_defense(x)
+    project = Defense(weights=tiny_weights, detector=detector, seed=3, t_star=20, gate=gate)
+    expected = project.apply_defense(x)
+    assert torch.equal(got, expected)
+    assert sum(torch.equal(a, b) for a, b in zip(got, x, strict=True)) == 1
+
+
 def test_zip_unpacks_to_the_same_tree(bundle: export.Bundle, tmp_path: Path) -> None:
     assert bundle.zip_path == bundle.folder.with_name("submission.zip")
     assert bundle.zip_bytes == bundle.zip_path.stat().st_size
@@ -393,7 +426,8 @@ def test_bad_weights_are_refused_and_nothing_is_written(tiny_weights: Path, tmp_
 def test_weights_folder_name_in_the_bundle(tiny_weights: Path, tmp_path: Path) -> None:
     snapshot = tmp_path / "ema_latest"  # a training snapshot: named by its manifest version
     shutil.copytree(tiny_weights, snapshot)
-    bundle = export.export_submission(tmp_path / "sub", weights=snapshot, make_zip=False)
+    ungated = PurifierConfig()  # gate 0: the denoiser is the only weights folder
+    bundle = export.export_submission(tmp_path / "sub", ungated, snapshot, make_zip=False)
     assert [p.name for p in (bundle.folder / "weights").iterdir()] == ["ddpm-v0"]
     manifest = json.loads((snapshot / "manifest.json").read_text())
     assert export.bundled_weights_name(tiny_weights, manifest) == "ddpm-v1"
