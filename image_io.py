@@ -105,6 +105,17 @@ def centre_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image[..., top : top + size, left : left + size]
 
 
+def random_window(image: torch.Tensor, size: int, generator: torch.Generator) -> tuple[int, int]:
+    """Top-left corner ``(top, left)`` of a random ``size x size`` window of ``(..., H, W)``,
+    drawn from ``generator`` (two draws: row, then column). ``ValueError`` if it does not fit."""
+    height, width = image.shape[-2:]
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"a {size} px window does not fit a {height}x{width} image")
+    top = int(torch.randint(height - size + 1, (), generator=generator))
+    left = int(torch.randint(width - size + 1, (), generator=generator))
+    return top, left
+
+
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     """Sorted image files (by extension, case-insensitive) in ``folder``."""
     folder = Path(folder)

@@ -55,7 +55,7 @@ from diffusion import (  # noqa: E402
 )
 from diffusion import purify as run_purification  # noqa: E402
 from diffusion.bridge_loss import bridge_loss  # noqa: E402
-from image_io import list_images, load_image  # noqa: E402
+from image_io import list_images, load_image, random_window  # noqa: E402
 from iqa_losses import score_consistency_loss  # noqa: E402
 from model import MetricModel  # noqa: E402
 from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
@@ -170,14 +170,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def random_crop(image: torch.Tensor, size: int, generator: torch.Generator) -> tuple[int, int]:
-    """Top-left corner of a random ``size`` crop of ``(3, H, W)``."""
-    height, width = image.shape[-2:]
-    top = int(torch.randint(height - size + 1, (), generator=generator))
-    left = int(torch.randint(width - size + 1, (), generator=generator))
-    return top, left
-
-
 class FixedPairs:
     """Aligned random crops of a competition-layout dataset: ``reference/<img>`` paired with
     every ``attacked/<attack>/<img>``; images are ``(3, H, W)`` float in [0, 1]."""
@@ -205,7 +197,7 @@ class FixedPairs:
         clean, attacked, names = [], [], []
         for _ in range(count):
             ref, adv, name = usable[int(torch.randint(len(usable), (), generator=generator))]
-            top, left = random_crop(ref, size, generator)
+            top, left = random_window(ref, size, generator)
             clean.append(ref[:, top : top + size, left : left + size])
             attacked.append(adv[:, top : top + size, left : left + size])
             names.append(name)

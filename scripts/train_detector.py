@@ -46,7 +46,7 @@ import paths  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
 from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
-from image_io import list_images, to_uint8  # noqa: E402
+from image_io import list_images, random_window, to_uint8  # noqa: E402
 from model import MetricModel  # noqa: E402
 from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
 from scripts.denoiser_run import (  # noqa: E402
@@ -111,8 +111,7 @@ def random_crops(
     crops = []
     for _ in range(count):
         image = images[int(torch.randint(len(images), (), generator=generator))]
-        top = int(torch.randint(image.shape[-2] - size + 1, (), generator=generator))
-        left = int(torch.randint(image.shape[-1] - size + 1, (), generator=generator))
+        top, left = random_window(image, size, generator)
         crops.append(image[:, top : top + size, left : left + size])
     return torch.stack(crops)
 
@@ -179,8 +178,7 @@ def read_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 def augment(batch: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """One random ``size x size`` window, rotation by 90 degrees and flip for the whole
     ``(B, C, S, S)`` batch (stack pairs along ``C`` to transform them alike)."""
-    top = int(torch.randint(batch.shape[-2] - size + 1, (), generator=generator))
-    left = int(torch.randint(batch.shape[-1] - size + 1, (), generator=generator))
+    top, left = random_window(batch, size, generator)
     batch = batch[..., top : top + size, left : left + size]
     batch = torch.rot90(batch, int(torch.randint(4, (), generator=generator)), dims=(2, 3))
     return batch.flip(-1) if int(torch.randint(2, (), generator=generator)) else batch

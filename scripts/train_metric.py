@@ -42,7 +42,7 @@ from clive_data import (  # noqa: E402
     load_uint8_images,
     read_mos_csv,
 )
-from image_io import list_images  # noqa: E402
+from image_io import list_images, random_window  # noqa: E402
 from iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss  # noqa: E402
 from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec  # noqa: E402
 from standin_metric import STANDIN_SPEC, save_standin, spec_to_dict  # noqa: E402
@@ -142,9 +142,7 @@ def random_crop(
     With ``dihedral`` a random flip and 90-degree rotation follow (quality is orientation-free;
     some CLIVE photos are stored sideways).
     """
-    h, w = image.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (), generator=gen))
-    left = int(torch.randint(0, w - size + 1, (), generator=gen))
+    top, left = random_window(image, size, gen)
     crop = image[:, top : top + size, left : left + size].float() / 255.0
     if dihedral:
         if torch.rand((), generator=gen) < 0.5:

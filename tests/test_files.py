@@ -17,7 +17,7 @@ from PIL import Image
 
 from atomic_write import staged_folder
 from defenses import make_defense
-from image_io import ImageReadError, load_image, save_image, temp_file_target
+from image_io import ImageReadError, load_image, random_window, save_image, temp_file_target
 from paths import ROOT
 from purifier import DiffusionPurifier
 from purifier.folder_plan import plan_folder
@@ -347,3 +347,16 @@ def test_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         (tmp / "d").write_text("4")
     assert [p.name for p in target.iterdir()] == ["c"]  # never over a released folder
     assert not (tmp_path / "weights" / ".w-v1.part").exists()
+
+
+def test_random_window_is_seeded_fits_and_refuses_what_cannot_fit() -> None:
+    image = torch.zeros(3, 7, 5)
+    corners = {random_window(image, 3, torch.Generator().manual_seed(s)) for s in range(300)}
+    assert corners == {(top, left) for top in range(5) for left in range(3)}
+    gen = torch.Generator().manual_seed(0)
+    expected = (int(torch.randint(5, (), generator=gen)), int(torch.randint(3, (), generator=gen)))
+    assert random_window(image, 3, torch.Generator().manual_seed(0)) == expected  # row, column
+    assert random_window(image, 5, torch.Generator().manual_seed(0))[1] == 0
+    for size in (0, 6):
+        with pytest.raises(ValueError, match="does not fit"):
+            random_window(image, size, torch.Generator())
