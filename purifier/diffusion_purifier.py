@@ -72,10 +72,10 @@ class DiffusionPurifier:
         ``detector-v<N>`` beside ``folder``)."""
         model, scheduler_config = load_denoiser(folder, device)
         config = load_default_config() if config is None else config
-        gate = None
+        gate_detector = None
         if config.gate > 0:
-            gate = load_detector(detector or newest_detector(Path(folder).parent), device)
-        return cls(model, scheduler_config, config, seed, gate)
+            gate_detector = load_detector(detector or newest_detector(Path(folder).parent), device)
+        return cls(model, scheduler_config, config, seed, gate_detector)
 
     @property
     def device(self) -> torch.device:

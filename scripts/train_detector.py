@@ -50,6 +50,7 @@ from image_io import list_images, random_window, to_uint8  # noqa: E402
 from model import MetricModel  # noqa: E402
 from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
 from scripts.denoiser_run import (  # noqa: E402
+    CHECKPOINT_DIR,
     TrainingProgress,
     check_output_free,
     checkpoints_oldest_first,
@@ -88,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training early")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the metric is attacked and trained")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.run_dir is None:
@@ -149,7 +151,7 @@ def make_shards(
     for i in tqdm(todo, desc=f"attacking crops ({folder.name})", mininterval=10):
         generator = torch.Generator().manual_seed(seed * 100_003 + i)
         clean = random_crops(sources, args.shard_size, args.crop, generator)
-        attacked, name = attacks.attack(clean.float() / 255, generator)
+        attacked, name = attacks.attack(clean.to(args.device).float() / 255, generator)
         tensors = {"clean": clean, "attacked": torch.from_numpy(to_uint8_batch(attacked))}
         path = folder / f"shard_{i:04d}.safetensors"
         tmp = path.with_suffix(".part")
@@ -159,7 +161,8 @@ def make_shards(
 
 def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
     """``(B, 3, H, W)`` floats in [0, 1] -> uint8 array of the same shape (8-bit rounding)."""
-    return np.stack([np.transpose(to_uint8(image), (2, 0, 1)) for image in images.detach()])
+    images = images.detach().cpu()
+    return np.stack([np.transpose(to_uint8(image), (2, 0, 1)) for image in images])
 
 
 def read_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -208,7 +211,11 @@ def log_strength_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Te
 def estimates(model: PerturbationDetector, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """``(N,)`` strengths of ``(N, 3, S, S)`` uint8 crops."""
     model.eval()
-    parts = [model(images[i : i + batch].float() / 255) for i in range(0, len(images), batch)]
+    device = next(model.parameters()).device
+    parts = [
+        model(images[i : i + batch].to(device).float() / 255).cpu()
+        for i in range(0, len(images), batch)
+    ]
     return torch.cat(parts)
 
 
@@ -264,7 +271,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     clive = load_uint8_images([r.path for r in fit_rows[: args.clive_images]], "CLIVE train")
     clive_val = load_uint8_images([r.path for r in val_rows], "CLIVE val carve")
 
-    metric = MetricModel("cpu", args.metric_checkpoint).eval()
+    metric = MetricModel(args.device, args.metric_checkpoint).eval()
     for parameter in metric.parameters():
         parameter.requires_grad_(False)
     attacks = RandomAttacks(
@@ -288,7 +295,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         len(clive_crops),
     )
 
-    accelerator = Accelerator(cpu=True, project_dir=str(args.run_dir))
+    accelerator = Accelerator(cpu=args.device == "cpu", project_dir=str(args.run_dir))
     model = PerturbationDetector()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     progress = TrainingProgress(data_generator)
@@ -318,8 +325,9 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         positives = pairs[:, 3:]
         natural = natural_batch([clean, clive_crops], half, args, gen)
         negatives = augment(natural, args.train_crop, gen)
-        images = torch.cat([positives, negatives]).float() / 255
+        images = torch.cat([positives, negatives]).to(accelerator.device).float() / 255
         goal = torch.cat([strength(pairs[:, :3], positives), torch.zeros(len(negatives))])
+        goal = goal.to(accelerator.device)
         model.train()
         loss = log_strength_loss(model(images), goal)
         accelerator.backward(loss)
@@ -333,12 +341,12 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             logger.info("step %d loss %.4f lr %.2e", progress.step, np.mean(running), lr)
             running = []
         if progress.step % args.checkpoint_every == 0:
-            accelerator.save_state(str(args.run_dir / "checkpoint" / f"step_{progress.step}"))
+            accelerator.save_state(str(args.run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
             for old in checkpoints_oldest_first(args.run_dir)[:-2]:
                 shutil.rmtree(old)
     bar.close()
     if stop_signal:
-        accelerator.save_state(str(args.run_dir / "checkpoint" / f"step_{progress.step}"))
+        accelerator.save_state(str(args.run_dir / CHECKPOINT_DIR / f"step_{progress.step}"))
         logger.warning("stopped by signal; resume with --resume latest")
         return 1
     detector = accelerator.unwrap_model(model).eval()

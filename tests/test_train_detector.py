@@ -127,3 +127,30 @@ def test_eval_detector_needs_something_to_score(capsys: pytest.CaptureFixture) -
         eval_detector.parse_args([])
     with pytest.raises(SystemExit):
         eval_detector.parse_args(["--clean", "x", "--gates", "-1"])
+
+
+# --- end to end on the real data (slow) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_train_detector_runs_resumes_and_writes_a_loadable_release(tmp_path: Path) -> None:
+    from paths import default_data_dir
+    from purifier import load_detector
+
+    if not (default_data_dir() / "clean" / "train").is_dir():
+        pytest.skip("needs ../shared/data (or $PURIFY_DATA)")
+    run = tmp_path / "run"
+    common = ["--run-dir", str(run), "--shards", "2", "--val-shards", "1", "--shard-size", "4"]
+    common += ["--clive-images", "8", "--checkpoint-every", "20", "--threads", "1"]
+    first = tmp_path / "detector-v1"
+    assert train_detector.main(["--output", str(first), "--steps", "20", *common]) == 0
+    second = tmp_path / "detector-v2"
+    argv = ["--output", str(second), "--steps", "30", "--resume", "latest", *common]
+    assert train_detector.main(argv) == 0
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == 30
+    assert "clean/train" in manifest["training"]["held_out"]
+    assert load_detector(second)(torch.rand(1, 3, 32, 32)).shape == (1,)
+    with pytest.raises(SystemExit, match="already holds released weights"):
+        train_detector.main(["--output", str(first), "--steps", "20", *common])
