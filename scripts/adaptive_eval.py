@@ -153,9 +153,11 @@ def evaluate_image(
     eot: int,
     seed: int,
     evade_weight: float = 100.0,
+    adaptive: Sequence[str] = (FULL, BPDA, EVADE),
 ) -> list[Record]:
     """The records of one ``(1, 3, H, W)`` image at budget ``eps`` (pixel units in [0, 1]):
-    one per ``SETTINGS``, plus ``EVADE`` when the purifier has a detector gate (the attacker
+    undefended and non-adaptive, then the ``adaptive`` settings asked for (``EVADE`` only
+    when the purifier has a detector gate: the attacker
     raises the bare metric while pushing the detector's estimate below half the gate, so
     the image would pass unpurified). ``purifier(x, generator=...)`` is the defense."""
     reference = score(metric, image)
@@ -187,16 +189,16 @@ def evaluate_image(
         return adv, time.perf_counter() - start
 
     bare, bare_seconds = attack(None, "full")
-    full, full_seconds = attack(purifier, "full")
-    bpda, bpda_seconds = attack(purifier, "bpda")
     records = [
         record(UNDEFENDED, bare, bare_seconds, bare),
         record(NON_ADAPTIVE, defended(bare), bare_seconds, bare),
-        record(FULL, defended(full), full_seconds, full),
-        record(BPDA, defended(bpda), bpda_seconds, bpda),
     ]
+    for setting, mode in ((FULL, "full"), (BPDA, "bpda")):
+        if setting in adaptive:
+            adv, seconds = attack(purifier, mode)
+            records.append(record(setting, defended(adv), seconds, adv))
     detector = getattr(purifier, "detector", None)
-    if detector is not None:
+    if detector is not None and EVADE in adaptive:
         margin = purifier.config.gate / 2
 
         def evading(x: torch.Tensor) -> torch.Tensor:
@@ -244,6 +246,7 @@ def run_evaluation(
     eot: int = 4,
     seed: int = 0,
     evade_weight: float = 100.0,
+    adaptive: Sequence[str] = (FULL, BPDA, EVADE),
     progress: bool = True,
 ) -> list[Record]:
     """Every record: one ``clean`` per image, then ``SETTINGS`` per image and eps."""
@@ -267,6 +270,7 @@ def run_evaluation(
                 eot=eot,
                 seed=seed,
                 evade_weight=evade_weight,
+                adaptive=adaptive,
             )
     return records
 
@@ -401,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="defense reverse steps")
     parser.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
     parser.add_argument(
+        "--adaptive",
+        default="full,bpda,evade",
+        help="adaptive settings to run: any of full, bpda, evade (evade needs a gate)",
+    )
+    parser.add_argument(
         "--evade-weight",
         type=float,
         default=100.0,
@@ -433,6 +442,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--alpha must lie in (0, 255] (x/255), got {args.alpha}")
     if not args.evade_weight > 0:
         parser.error(f"--evade-weight must be > 0, got {args.evade_weight}")
+    names = {"full": FULL, "bpda": BPDA, "evade": EVADE}
+    chosen = [n.strip() for n in args.adaptive.split(",") if n.strip()]
+    if not chosen or any(n not in names for n in chosen):
+        parser.error(f"--adaptive takes a comma list of {', '.join(names)}, got {args.adaptive!r}")
+    args.adaptive_settings = tuple(names[n] for n in chosen)
     try:
         args.eps_values = parse_eps(args.eps)
     except ValueError as err:
@@ -473,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eot=args.eot,
                 seed=args.seed,
                 evade_weight=args.evade_weight,
+                adaptive=args.adaptive_settings,
                 progress=not args.no_progress,
             )
     except (ValueError, FileNotFoundError) as err:
@@ -497,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eot": args.eot,
         "seed": args.seed,
         "evade_weight": args.evade_weight,
+        "adaptive": list(args.adaptive_settings),
     }
     markdown = render_markdown(rows, meta)
     print(markdown)

@@ -70,6 +70,7 @@ DEFAULT_SPACE: dict[str, tuple[Any, ...]] = {
     "sampler": ("ddpm", "ddim"),
     "ensemble": (1, 2),
     "unsharp_amount": (0.0, 0.5, 1.0),
+    "gate": (0.0, 0.5, 1.0, 1.5),
 }
 KNOBS = tuple(f.name for f in dataclasses.fields(PurifierConfig))
 SKIP_MARGIN = 1.5

@@ -219,6 +219,11 @@ def test_a_gated_defense_gets_the_evasion_attack_which_lowers_the_estimate(
     )  # fmt: skip
     settings = [r.setting for r in records]
     assert settings == [*adaptive_eval.SETTINGS, adaptive_eval.EVADE]
+    only = adaptive_eval.evaluate_image(
+        "a.png", image, ToyMetric().eval(), gated, 10 / 255, iterations=1, alpha=2 / 255, eot=1,
+        seed=0, adaptive=(adaptive_eval.EVADE,),
+    )  # fmt: skip
+    assert [r.setting for r in only] == ["undefended", "non-adaptive", "adaptive (evade gate)"]
     assert records[-1].linf <= 10 / 255 + 1e-6
     bare = adaptive_attack(ToyMetric().eval(), None, eps=10 / 255, steps=3, alpha=2 / 255)
     plain = bare(image, gen(0))
@@ -330,6 +335,8 @@ def test_cli_markdown_shows_the_json_numbers(report: dict) -> None:
         ["--eps", "four"],
         ["--threads", "0"],
         ["--evade-weight", "0"],
+        ["--adaptive", "full,fast"],
+        ["--adaptive", ","],
     ],
 )
 def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:
