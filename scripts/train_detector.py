@@ -22,7 +22,6 @@ detection and false-alarm rates at several gates) is logged and written into the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -35,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -46,6 +44,7 @@ import paths  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
 from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
+from defenses.classical import JpegDefense  # noqa: E402
 from image_io import list_images, random_window, to_uint8  # noqa: E402
 from model import MetricModel  # noqa: E402
 from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
@@ -125,15 +124,9 @@ def strength(clean: torch.Tensor, attacked: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG round trip of ``(B, 3, H, W)`` uint8 images -> uint8, same shape."""
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-        buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            out.append(torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()))
-    return torch.stack(out).permute(0, 3, 1, 2).contiguous()
+    """JPEG round trip (``defenses.JpegDefense``) of ``(B, 3, H, W)`` uint8 images -> uint8."""
+    decoded = JpegDefense(quality=quality).purify(images.float() / 255)
+    return (decoded * 255).round().to(torch.uint8)
 
 
 def make_shards(
