@@ -31,6 +31,7 @@ from torch import nn
 
 from atomic_write import staged_folder
 from image_checks import check_images
+from purifier.weights import newest_folder
 from weights_manifest import MANIFEST, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -165,17 +166,11 @@ def load_detector(folder: str | Path, device: str | torch.device = "cpu") -> Per
 def newest_detector(weights_dir: str | Path) -> Path:
     """The released ``detector-v<N>`` folder with the highest N in ``weights_dir``;
     ``MissingDetectorError`` if there is none."""
-    weights_dir = Path(weights_dir)
-    found = []
-    if weights_dir.is_dir():
-        for child in weights_dir.iterdir():
-            match = RELEASE_PATTERN.fullmatch(child.name)
-            if match and (child / MANIFEST).is_file():
-                found.append((int(match.group(1)), child))
-    if not found:
+    newest = newest_folder(weights_dir, RELEASE_PATTERN)
+    if newest is None:
         raise MissingDetectorError(
             f"no released detector (a detector-v<N> folder with {MANIFEST}) in {weights_dir}. "
             f"Train one with `{TRAIN_COMMAND.format(folder=Path(weights_dir) / 'detector-v1')}`, "
             "or set gate=0 to purify every image."
         )
-    return max(found)[1]
+    return newest
