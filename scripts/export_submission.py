@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -123,17 +124,20 @@ def zip_path_for(out: Path) -> Path:
     return out.with_name(out.name + ".zip")
 
 
-def bundled_weights_name(folder: Path, manifest: dict) -> str:
-    """Name of the weights folder inside the bundle: ``folder``'s own if it is a release name
-    (``ddpm-v<N>``), else ``ddpm-v<manifest version>``; ExportError if neither is valid."""
-    if RELEASE_PATTERN.fullmatch(folder.name):
+def bundled_weights_name(
+    folder: Path, manifest: dict, prefix: str = "ddpm", pattern: re.Pattern[str] = RELEASE_PATTERN
+) -> str:
+    """Name of a weights folder inside the bundle, where the bundled ``Defense`` finds it as
+    the newest release: ``folder``'s own if it is a release name (``<prefix>-v<N>``, matching
+    ``pattern``), else ``<prefix>-v<manifest version>``; ExportError if neither is valid."""
+    if pattern.fullmatch(folder.name):
         return folder.name
-    name = f"ddpm-v{manifest.get('version')}"
-    if RELEASE_PATTERN.fullmatch(name):
+    name = f"{prefix}-v{manifest.get('version')}"
+    if pattern.fullmatch(name):
         return name
     raise ExportError(
-        f"{folder} is not named ddpm-v<N> and its manifest version {manifest.get('version')!r} "
-        "does not give one: copy it to a ddpm-v<N> folder first"
+        f"{folder} is not named {prefix}-v<N> and its manifest version "
+        f"{manifest.get('version')!r} does not give one: copy it to a {prefix}-v<N> folder first"
     )
 
 
@@ -160,6 +164,12 @@ def export_submission(
     source_weights = resolve_weights(weights, WEIGHTS_DIR).resolve()
     manifest = verify_manifest(source_weights)
     weights_name = bundled_weights_name(source_weights, manifest)
+    if config.gate > 0:
+        source_detector = Path(detector or newest_detector(WEIGHTS_DIR)).resolve()
+        detector_manifest = verify_manifest(source_detector)
+        detector_name = bundled_weights_name(
+            source_detector, detector_manifest, "detector", RELEASE_DETECTOR
+        )
     zip_path = zip_path_for(out) if make_zip else None
     _check_outputs(out, zip_path, force)
 
@@ -173,12 +183,6 @@ def export_submission(
         bundled_weights = staging / "weights" / weights_name
         _copy_weights(source_weights, manifest, bundled_weights)
         if config.gate > 0:
-            source_detector = Path(detector or newest_detector(WEIGHTS_DIR)).resolve()
-            detector_manifest = verify_manifest(source_detector)
-            # the bundled Defense finds it as the newest detector-v<N> beside the denoiser
-            detector_name = f"detector-v{detector_manifest.get('version', '1')}"
-            if RELEASE_DETECTOR.fullmatch(source_detector.name):
-                detector_name = source_detector.name
             _copy_weights(source_detector, detector_manifest, staging / "weights" / detector_name)
         problems = bundle_import_problems(staging, RUNTIME_PACKAGE, THIRD_PARTY)
         if problems:

@@ -433,6 +433,21 @@ def test_weights_folder_name_in_the_bundle(tiny_weights: Path, tmp_path: Path) -
     assert export.bundled_weights_name(tiny_weights, manifest) == "ddpm-v1"
     with pytest.raises(export.ExportError, match="not named ddpm-v<N>"):
         export.bundled_weights_name(snapshot, {"version": "final"})
+    detector = save_detector(PerturbationDetector((2, 2, 2, 2)), tmp_path / "my-detector", "4")
+    gated = PurifierConfig(gate=0.5)
+    bundle = export.export_submission(
+        tmp_path / "gated", gated, tiny_weights, make_zip=False, detector=detector
+    )
+    assert sorted(p.name for p in (bundle.folder / "weights").iterdir()) == [
+        "ddpm-v1",
+        "detector-v4",
+    ]
+    odd = save_detector(PerturbationDetector((2, 2, 2, 2)), tmp_path / "odd", "detector-v1")
+    with pytest.raises(export.ExportError, match="not named detector-v<N>"):
+        export.export_submission(
+            tmp_path / "refused", gated, tiny_weights, make_zip=False, detector=odd
+        )
+    assert not (tmp_path / "refused").exists()
 
 
 def test_default_weights_are_the_newest_release(
