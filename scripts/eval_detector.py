@@ -17,7 +17,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -76,6 +78,17 @@ def estimate_paths(detector: PerturbationDetector, paths: list[Path], desc: str)
     return values
 
 
+def summarize(values: torch.Tensor, gates: Sequence[float]) -> dict[str, Any]:
+    """``n``, ``median`` (torch's: the lower middle), ``p90`` and ``flagged`` (gate -> share
+    of ``values`` at or over it) of a non-empty 1-D tensor of estimates."""
+    return {
+        "n": len(values),
+        "median": float(values.median()),
+        "p90": float(values.quantile(0.9)),
+        "flagged": {g: float((values >= g).float().mean()) for g in gates},
+    }
+
+
 def table(estimates: dict[str, list[float]], gates: list[float]) -> str:
     """Markdown table: group, images, median, p90, share flagged at each gate."""
     head = "| group | images | median | p90 | " + " | ".join(f"≥ {g:g}" for g in gates) + " |"
@@ -83,10 +96,9 @@ def table(estimates: dict[str, list[float]], gates: list[float]) -> str:
     for name, values in estimates.items():
         if not values:
             continue
-        v = torch.tensor(values)
-        shares = " | ".join(f"{float((v >= g).float().mean()):.2f}" for g in gates)
-        median, p90 = float(v.median()), float(v.quantile(0.9))
-        lines.append(f"| {name} | {len(values)} | {median:.2f} | {p90:.2f} | {shares} |")
+        row = summarize(torch.tensor(values), gates)
+        shares = " | ".join(f"{share:.2f}" for share in row["flagged"].values())
+        lines.append(f"| {name} | {row['n']} | {row['median']:.2f} | {row['p90']:.2f} | {shares} |")
     return "\n".join(lines)
 
 

@@ -57,6 +57,7 @@ from scripts.denoiser_run import (  # noqa: E402
     run_script,
     setup_logging,
 )
+from scripts.eval_detector import summarize  # noqa: E402
 from scripts.train_ddpm import holdout_split, load_uint8  # noqa: E402
 from scripts.tuning import TUNING_IMAGES  # noqa: E402
 
@@ -234,13 +235,12 @@ def held_out_report(
         groups[f"attacked: {name}"] = attacked_est[mask]
     report: dict[str, Any] = {}
     for group, values in groups.items():
+        row = summarize(values, REPORT_GATES)
         report[group] = {
-            "n": len(values),
-            "median": round(float(values.median()), 3),
-            "p90": round(float(values.quantile(0.9)), 3),
-            "flagged": {
-                str(g): round(float((values >= g).float().mean()), 3) for g in REPORT_GATES
-            },
+            "n": row["n"],
+            "median": round(row["median"], 3),
+            "p90": round(row["p90"], 3),
+            "flagged": {str(g): round(share, 3) for g, share in row["flagged"].items()},
         }
     report["attacked: true strength median"] = round(float(true_strength.median()), 3)
     return report
