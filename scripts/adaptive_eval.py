@@ -71,7 +71,8 @@ CLEAN, UNDEFENDED, NON_ADAPTIVE, FULL, BPDA, EVADE = (
     "adaptive (evade gate)",
 )
 SETTINGS = (UNDEFENDED, NON_ADAPTIVE, FULL, BPDA)
-"""Every run has these; ``EVADE`` is added when the defense has a detector gate."""
+"""A default run has these (``--adaptive`` picks the adaptive ones); ``EVADE`` is added when
+the defense has a detector gate."""
 DESCRIPTIONS = {
     CLEAN: "defense on the clean image",
     UNDEFENDED: "attack the bare metric, no defense",
@@ -179,13 +180,16 @@ def evaluate_image(
             linf=float((adv - image).abs().max()),
         )
 
-    def attack(defense: object | None, mode: str) -> tuple[torch.Tensor, float]:
+    def attack(
+        defense: object | None, mode: str, target: Metric = metric, key: str | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """I-FGSM on ``target`` (default: the metric) through ``defense`` in ``mode``; the
+        attack's noise is keyed by ``key`` (default: the mode, or "bare" without defense)."""
         options = {"eps": eps, "steps": iterations, "alpha": alpha}
-        run = adaptive_attack(metric, defense, mode, eot_samples=eot, **options)
+        run = adaptive_attack(target, defense, mode, eot_samples=eot, **options)
+        key = key or (mode if defense is not None else "bare")
         start = time.perf_counter()
-        adv = run(
-            image, generator_for(seed, "attack", name, eps, mode if defense is not None else "bare")
-        )
+        adv = run(image, generator_for(seed, "attack", name, eps, key))
         return adv, time.perf_counter() - start
 
     bare, bare_seconds = attack(None, "full")
@@ -205,10 +209,7 @@ def evaluate_image(
             penalty = (detector(x) - margin).clamp_min(0) * evade_weight
             return metric(x) - penalty[:, None]
 
-        options = {"eps": eps, "steps": iterations, "alpha": alpha}
-        run = adaptive_attack(evading, None, eot_samples=eot, **options)
-        start = time.perf_counter()
-        evade = run(image, generator_for(seed, "attack", name, eps, "evade"))
+        evade, seconds = attack(None, "full", target=evading, key="evade")
         with torch.no_grad():
             estimate = float(detector(evade)[0])
         logger.info(
@@ -219,7 +220,7 @@ def evaluate_image(
             purifier.config.gate,
             "passes unpurified" if estimate < purifier.config.gate else "purified",
         )
-        records.append(record(EVADE, defended(evade), time.perf_counter() - start, evade))
+        records.append(record(EVADE, defended(evade), seconds, evade))
     return records
 
 
