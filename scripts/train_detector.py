@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -163,12 +163,11 @@ def read_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """All shards of ``folder``: ``(clean, attacked, attack name per crop)``, uint8 tensors."""
     clean, attacked, names = [], [], []
     for path in sorted(folder.glob("shard_*.safetensors")):
-        tensors = load_file(path)
-        with safe_open(path, "pt") as handle:
+        with safe_open(path, "pt") as handle:  # one read: tensors and metadata
             name = handle.metadata()["attack"]
-        clean.append(tensors["clean"])
-        attacked.append(tensors["attacked"])
-        names += [name] * len(tensors["clean"])
+            clean.append(handle.get_tensor("clean"))
+            attacked.append(handle.get_tensor("attacked"))
+        names += [name] * len(clean[-1])
     return torch.cat(clean), torch.cat(attacked), names
 
 
