@@ -42,13 +42,14 @@ class Defense:
 
     Args:
         device: where the denoiser runs.
-        t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius, gate: knobs
-            of ``PurifierConfig``; ValueError for bad values.
+        t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius, gate,
+            t_star_max, strength_ramp: knobs of ``PurifierConfig``; ValueError for bad values.
         seed: None (default) seeds the noise generator from OS entropy, so every call draws
             fresh noise; an int makes the sequence of calls reproducible.
         weights: denoiser folder; None picks the newest released ``weights/ddpm-v<N>``
             (``purifier.MissingWeightsError`` if there is none).
-        detector: perturbation-detector folder used when ``gate > 0``; None picks the newest
+        detector: perturbation-detector folder used when ``gate > 0`` or ``t_star_max > 0``
+            (the knobs' ``uses_detector``); None picks the newest
             released ``weights/detector-v<N>``.
         config: a whole ``PurifierConfig`` to start from instead of the defaults.
         tile: largest side processed whole (default ``DEFAULT_TILE``); None never tiles.
@@ -69,6 +70,8 @@ class Defense:
         unsharp_amount: float | None = None,
         unsharp_radius: float | None = None,
         gate: float | None = None,
+        t_star_max: int | None = None,
+        strength_ramp: float | None = None,
         seed: int | None = None,
         weights: str | Path | None = None,
         detector: str | Path | None = None,
@@ -91,6 +94,8 @@ class Defense:
             unsharp_amount=unsharp_amount,
             unsharp_radius=unsharp_radius,
             gate=gate,
+            t_star_max=t_star_max,
+            strength_ramp=strength_ramp,
         )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")

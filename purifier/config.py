@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schedulers import SAMPLERS, SPACINGS, ddim_kept_timesteps, kept_timesteps
+from schedulers import (
+    SAMPLERS,
+    SPACINGS,
+    ddim_kept_timesteps,
+    kept_timesteps,
+    nearest_ddim_t_star,
+)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.json"
 
@@ -38,8 +44,17 @@ class PurifierConfig:
             0 disables it.
         unsharp_radius: standard deviation in pixels of the Gaussian blur of unsharp masking.
         gate: perturbation strength (RMS, 1/255 units) estimated by the perturbation detector
-            below which an image is returned unchanged; 0 purifies every image and loads no
-            detector.
+            below which an image is returned unchanged; 0 purifies every image.
+        t_star_max: noise level for images whose estimated perturbation reaches
+            ``strength_ramp``; between, each image's noise level rises linearly from
+            ``t_star`` (estimate 0) and is rounded to an integer step (snapped to a valid
+            grid for ``ddim``). 0 noises every image to ``t_star``. ``t_star`` stays the
+            floor, so an attacker who fools the detector gets ``t_star``, never less.
+        strength_ramp: estimated perturbation strength (RMS, 1/255 units) at which the noise
+            level reaches ``t_star_max``.
+
+    The perturbation detector is loaded only when ``gate > 0`` or ``t_star_max > 0``
+    (``uses_detector``).
     """
 
     t_star: int = 60
@@ -50,9 +65,17 @@ class PurifierConfig:
     unsharp_amount: float = 0.0
     unsharp_radius: float = 1.0
     gate: float = 0.0
+    t_star_max: int = 0
+    strength_ramp: float = 8.0
 
     def __post_init__(self) -> None:
         _check_float("gate", self.gate, minimum=0.0)
+        _check_float("strength_ramp", self.strength_ramp, minimum=0.0, strict=True)
+        _check_int("t_star_max", self.t_star_max, minimum=0)
+        if self.t_star_max and self.t_star_max <= self.t_star:
+            raise ValueError(
+                f"t_star_max must be 0 (off) or above t_star={self.t_star}, got {self.t_star_max}"
+            )
         _check_int("ensemble", self.ensemble, minimum=1)
         _check_float("unsharp_amount", self.unsharp_amount, minimum=0.0)
         _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)
@@ -70,6 +93,29 @@ class PurifierConfig:
             ddim_kept_timesteps(self.t_star, self.steps)
         else:
             kept_timesteps(self.t_star, self.steps, self.spacing)
+        if self.t_star_max:
+            try:
+                if self.sampler == "ddim":
+                    nearest_ddim_t_star(self.t_star_max, self.steps)
+                else:
+                    kept_timesteps(self.t_star_max, self.steps, self.spacing)
+            except ValueError as err:
+                raise ValueError(f"bad t_star_max={self.t_star_max}: {err}") from err
+
+    @property
+    def uses_detector(self) -> bool:
+        """Whether the knobs need the perturbation detector (a gate or a noise-level ramp)."""
+        return self.gate > 0 or self.t_star_max > 0
+
+    def noise_level(self, strength: float) -> int:
+        """The noise level (integer step) for an image whose estimated perturbation strength
+        is ``strength`` (RMS, 1/255 units): ``t_star`` when the ramp is off, else rising
+        linearly to ``t_star_max`` at ``strength_ramp`` and flat above. Not snapped to the
+        DDIM grid (``make_scheduler(..., snap_to_grid=True)`` does that)."""
+        if not self.t_star_max:
+            return self.t_star
+        share = min(max(strength / self.strength_ramp, 0.0), 1.0)
+        return self.t_star + round((self.t_star_max - self.t_star) * share)
 
     def replace(self, **changes: Any) -> PurifierConfig:
         """A copy with ``changes`` applied (``None`` values are ignored), validated again."""

@@ -1,6 +1,7 @@
 """The diffusion purifier: DiffPure with a trained denoiser, plus optional ensembling, unsharp
-masking and a detector gate. Shared by ``defense.Defense``, ``scripts/purify.py`` and the
-tuner."""
+masking, and a perturbation detector that can leave clean-looking images alone (gate) and pick
+each image's noise level from its estimated perturbation strength (ramp). Shared by
+``defense.Defense``, ``scripts/purify.py`` and the tuner."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from diffusion import load_denoiser, make_generator, purify
@@ -22,15 +24,18 @@ from schedulers import make_scheduler
 class DiffusionPurifier:
     """Purify float ``(B, 3, H, W)`` images in [0, 1] -> same shape, dtype and device, in [0, 1].
 
-    Each call noises the input to ``config.t_star``, runs the kept reverse steps with ``model``
+    Each call noises each input to its noise level, runs the kept reverse steps with ``model``
     (``config.ensemble`` times, averaged), then applies unsharp masking if
-    ``config.unsharp_amount > 0``. With ``config.gate > 0`` a ``detector`` first estimates
-    each image's perturbation strength and images below the gate are returned unchanged
-    (``flags``); ``purify_all`` skips the gate. All randomness comes from one generator owned by the
-    purifier (``seed``: int for a reproducible sequence of calls, None for OS entropy) and
-    advanced by every call; a call may pass its own ``generator`` instead. Autograd is left
-    to the caller: wrap in ``torch.no_grad()`` for inference, or keep gradients for adaptive
-    attacks. Each purifier owns its scheduler instance.
+    ``config.unsharp_amount > 0``. The noise level is ``config.t_star`` unless
+    ``config.t_star_max > 0``: then a ``detector`` estimates each image's perturbation strength
+    and ``config.noise_level`` maps it onto ``[t_star, t_star_max]``. With ``config.gate > 0``
+    images estimated below the gate are returned unchanged. ``plan`` gives the per-image
+    decision; ``purify_all`` skips it and uses ``t_star``. Decisions are per whole image (also
+    when tiled). All randomness comes from one generator owned by the purifier (``seed``: int
+    for a reproducible sequence of calls, None for OS entropy) and advanced by every call; a
+    call may pass its own ``generator`` instead. Autograd is left to the caller: wrap in
+    ``torch.no_grad()`` for inference, or keep gradients for adaptive attacks (the detector's
+    decision itself is not differentiated). Each purifier owns its scheduler instances.
     """
 
     def __init__(
@@ -43,19 +48,15 @@ class DiffusionPurifier:
     ) -> None:
         self.model = model
         self.config = load_default_config() if config is None else config
-        if self.config.gate > 0 and detector is None:
+        if self.config.uses_detector and detector is None:
             raise ValueError(
-                f"gate={self.config.gate} needs a perturbation detector; pass detector= "
-                "or set gate=0 to purify every image"
+                f"gate={self.config.gate}, t_star_max={self.config.t_star_max} need a "
+                "perturbation detector; pass detector= or set gate=0 and t_star_max=0"
             )
-        self.detector = detector if self.config.gate > 0 else None
-        self.scheduler, self.timesteps = make_scheduler(
-            self.config.sampler,
-            self.config.t_star,
-            self.config.steps,
-            self.config.spacing,
-            scheduler_config,
-        )
+        self.detector = detector if self.config.uses_detector else None
+        self.scheduler_config = scheduler_config
+        self._chains: dict[int, tuple[SchedulerMixin, list[int]]] = {}
+        self.scheduler, self.timesteps = self.chain(self.config.t_star)
         self.generator = make_generator(seed)
 
     @classmethod
@@ -68,14 +69,15 @@ class DiffusionPurifier:
         detector: str | Path | None = None,
     ) -> DiffusionPurifier:
         """Load the denoiser in ``folder`` (manifest checked) onto ``device``, and, when the
-        config's ``gate > 0``, the detector folder ``detector`` (default: the newest released
-        ``detector-v<N>`` beside ``folder``)."""
+        config uses the detector (gate or ramp), the detector folder ``detector`` (default: the
+        newest released ``detector-v<N>`` beside ``folder``)."""
         model, scheduler_config = load_denoiser(folder, device)
         config = load_default_config() if config is None else config
-        gate_detector = None
-        if config.gate > 0:
-            gate_detector = load_detector(detector or newest_detector(Path(folder).parent), device)
-        return cls(model, scheduler_config, config, seed, gate_detector)
+        strength_detector = None
+        if config.uses_detector:
+            folder_or_newest = detector or newest_detector(Path(folder).parent)
+            strength_detector = load_detector(folder_or_newest, device)
+        return cls(model, scheduler_config, config, seed, strength_detector)
 
     @property
     def device(self) -> torch.device:
@@ -86,14 +88,30 @@ class DiffusionPurifier:
         knobs = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
         return f"DiffusionPurifier({knobs}, timesteps={self.timesteps})"
 
-    def flags(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` bool on ``images.device``: which images the gate sends to purification
-        (all of them when ``gate`` is 0). ``ValueError`` for bad images."""
+    def chain(self, t_star: int) -> tuple[SchedulerMixin, list[int]]:
+        """``(scheduler, kept timesteps)`` of the chain starting at noise level ``t_star``
+        (snapped to the DDIM grid for ``ddim``), built once and cached."""
+        if t_star not in self._chains:
+            c = self.config
+            snap = c.sampler == "ddim" and t_star != c.t_star
+            self._chains[t_star] = make_scheduler(
+                c.sampler, t_star, c.steps, c.spacing, self.scheduler_config, snap_to_grid=snap
+            )
+        return self._chains[t_star]
+
+    def plan(self, images: torch.Tensor) -> list[int]:
+        """Each image's noise level (``t_star`` for all without a detector), 0 for images the
+        gate leaves unchanged. ``ValueError`` for bad images."""
         check_images(images)
         if self.detector is None:
-            return torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
-        strength = self.detector.estimate(images.detach())
-        return (strength >= self.config.gate).to(images.device)
+            return [self.config.t_star] * images.shape[0]
+        strengths = self.detector.estimate(images.detach()).tolist()
+        return [0 if s < self.config.gate else self.config.noise_level(s) for s in strengths]
+
+    def flags(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bool on ``images.device``: which images are purified (all of them when
+        ``gate`` is 0). ``ValueError`` for bad images."""
+        return torch.tensor([t > 0 for t in self.plan(images)], device=images.device)
 
     def __call__(
         self, images: torch.Tensor, generator: torch.Generator | None = None
@@ -102,7 +120,7 @@ class DiffusionPurifier:
         ``H, W >= 1``): same shape, dtype and device; images the gate passes are copied
         unchanged. ``ValueError`` naming the problem for anything else
         (``image_checks.check_images``: nothing is converted silently)."""
-        return self._gated(images, lambda x: self.purify_all(x, generator))
+        return self._planned(images, lambda x, t: self.purify_all(x, generator, t))
 
     def tiled(
         self,
@@ -113,36 +131,46 @@ class DiffusionPurifier:
         desc: str | None = None,
     ) -> torch.Tensor:
         """``__call__`` with images larger than ``tile`` purified in overlapping tiles
-        (``purifier.tiled_apply``, ``desc`` names its progress bar); the gate decides on each
-        whole image, so a photo is never purified in some tiles and left alone in others."""
+        (``purifier.tiled_apply``, ``desc`` names its progress bar); gate and noise level are
+        decided on each whole image, so all tiles of a photo are treated alike."""
 
-        def purify_tile(x: torch.Tensor) -> torch.Tensor:
-            return self.purify_all(x, generator)
+        def purify_tiles(x: torch.Tensor, t_star: int) -> torch.Tensor:
+            return tiled_apply(
+                x, lambda tile_x: self.purify_all(tile_x, generator, t_star), tile, overlap, desc
+            )
 
-        return self._gated(images, lambda x: tiled_apply(x, purify_tile, tile, overlap, desc=desc))
+        return self._planned(images, purify_tiles)
 
-    def _gated(
-        self, images: torch.Tensor, purify: Callable[[torch.Tensor], torch.Tensor]
+    def _planned(
+        self, images: torch.Tensor, purify: Callable[[torch.Tensor, int], torch.Tensor]
     ) -> torch.Tensor:
-        """``purify`` applied to the images ``flags`` selects; the others copied unchanged."""
-        flags = self.flags(images)
-        if bool(flags.all()):
-            return purify(images)
+        """``purify(batch, t_star)`` applied to the images of each noise level in ``plan``
+        (in increasing order); images planned 0 are copied unchanged."""
+        plan = self.plan(images)
+        levels = sorted(set(plan) - {0})
+        if levels and len(set(plan)) == 1:
+            return purify(images, levels[0])
         out = images.clone()
-        if bool(flags.any()):
-            out[flags] = purify(images[flags])
+        for level in levels:
+            chosen = torch.tensor([t == level for t in plan], device=images.device)
+            out[chosen] = purify(images[chosen], level)
         return out
 
     def purify_all(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        t_star: int | None = None,
     ) -> torch.Tensor:
-        """``__call__`` without the gate: every image is purified."""
+        """``__call__`` without the detector: every image is purified from noise level
+        ``t_star`` (default ``config.t_star``)."""
         check_images(images)
         generator = self.generator if generator is None else generator
+        scheduler, timesteps = self.chain(self.config.t_star if t_star is None else t_star)
         x = images.to(self.device)
         total = None
         for _ in range(self.config.ensemble):
-            run = purify(x, self.model, self.scheduler, self.timesteps, generator)
+            run = purify(x, self.model, scheduler, timesteps, generator)
             total = run if total is None else total + run
         purified = total / self.config.ensemble if self.config.ensemble > 1 else total
         purified = unsharp_mask(purified, self.config.unsharp_amount, self.config.unsharp_radius)

@@ -72,7 +72,7 @@ CLEAN, UNDEFENDED, NON_ADAPTIVE, FULL, BPDA, EVADE = (
 )
 SETTINGS = (UNDEFENDED, NON_ADAPTIVE, FULL, BPDA)
 """A default run has these (``--adaptive`` picks the adaptive ones); ``EVADE`` is added when
-the defense has a detector gate."""
+the defense has a detector (a gate or a noise-level ramp)."""
 DESCRIPTIONS = {
     CLEAN: "defense on the clean image",
     UNDEFENDED: "attack the bare metric, no defense",
@@ -158,9 +158,10 @@ def evaluate_image(
 ) -> list[Record]:
     """The records of one ``(1, 3, H, W)`` image at budget ``eps`` (pixel units in [0, 1]):
     undefended and non-adaptive, then the ``adaptive`` settings asked for (``EVADE`` only
-    when the purifier has a detector gate: the attacker
-    raises the bare metric while pushing the detector's estimate below half the gate, so
-    the image would pass unpurified). ``purifier(x, generator=...)`` is the defense."""
+    when the purifier has a detector: the attacker raises the bare metric while pushing the
+    detector's estimate below half the gate, so the image would pass unpurified, or, without
+    a gate, toward 0, so the noise-level ramp stays at its floor ``t_star``).
+    ``purifier(x, generator=...)`` is the defense."""
     reference = score(metric, image)
 
     def defended(x: torch.Tensor) -> torch.Tensor:  # one shared evaluation draw per image
@@ -212,13 +213,14 @@ def evaluate_image(
         evade, seconds = attack(None, "full", target=evading, key="evade")
         with torch.no_grad():
             estimate = float(detector(evade)[0])
+        level = purifier.plan(evade)[0]
         logger.info(
             "%s eps %.1f/255: evading image's detector estimate %.2f (gate %g): %s",
             name,
             eps * 255,
             estimate,
             purifier.config.gate,
-            "passes unpurified" if estimate < purifier.config.gate else "purified",
+            f"purified from t={level}" if level else "passes unpurified",
         )
         records.append(record(EVADE, defended(evade), seconds, evade))
     return records
@@ -406,9 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="defense reverse steps")
     parser.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
     parser.add_argument(
+        "--t-star-max", type=int, default=None, help="noise-level ramp's top (0: fixed t_star)"
+    )
+    parser.add_argument(
         "--adaptive",
         default="full,bpda,evade",
-        help="adaptive settings to run: any of full, bpda, evade (evade needs a gate)",
+        help="adaptive settings to run: any of full, bpda, evade (evade needs a detector)",
     )
     parser.add_argument(
         "--evade-weight",
@@ -473,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t_star=args.t_star,
             steps=args.steps,
             gate=args.gate,
+            t_star_max=args.t_star_max,
             weights=args.weights,
             seed=args.seed,
         )

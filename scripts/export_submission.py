@@ -12,7 +12,7 @@ Layout of the bundle::
                                      weights_manifest.py, image_checks.py
     iqa_purify_runtime/purifier/defaults.json   the knobs baked in
     weights/ddpm-v<N>/               config, safetensors, scheduler config, manifest
-    weights/detector-v<N>/           the perturbation detector, when the knobs set gate > 0
+    weights/detector-v<N>/           the perturbation detector, when the knobs use it
     bundle.json                      knobs, weights, source commit, sha256 of every file
 
 Runtime needs: torch and diffusers only (and safetensors, which diffusers brings; no einops,
@@ -153,7 +153,8 @@ def export_submission(
 
     ``config``: the knobs baked in (default: the project's current defaults); ``weights``: the
     denoiser folder (default: the newest released ``weights/ddpm-v<N>``), checked against its
-    manifest before and after copying. With ``config.gate > 0`` the perturbation detector
+    manifest before and after copying. When ``config.uses_detector`` (gate or noise-level
+    ramp) the perturbation detector
     ``detector`` (default: the newest released ``weights/detector-v<N>``) is bundled too.
     ExportError if ``out`` or its zip exists (unless
     ``force`` and ``out`` is a bundle made here), ``purifier.MissingWeightsError`` /
@@ -164,7 +165,7 @@ def export_submission(
     source_weights = resolve_weights(weights, WEIGHTS_DIR).resolve()
     manifest = verify_manifest(source_weights)
     weights_name = bundled_weights_name(source_weights, manifest)
-    if config.gate > 0:
+    if config.uses_detector:
         source_detector = Path(detector or newest_detector(WEIGHTS_DIR)).resolve()
         detector_manifest = verify_manifest(source_detector)
         detector_name = bundled_weights_name(
@@ -182,7 +183,7 @@ def export_submission(
         )
         bundled_weights = staging / "weights" / weights_name
         _copy_weights(source_weights, manifest, bundled_weights)
-        if config.gate > 0:
+        if config.uses_detector:
             _copy_weights(source_detector, detector_manifest, staging / "weights" / detector_name)
         problems = bundle_import_problems(staging, RUNTIME_PACKAGE, THIRD_PARTY)
         if problems:
@@ -363,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         type=Path,
         default=None,
-        help="detector folder bundled when gate > 0 (default: newest weights/detector-v*)",
+        help="detector folder bundled when gate > 0 or t_star_max > 0 "
+        "(default: newest weights/detector-v*)",
     )
     parser.add_argument("--force", action="store_true", help="replace a bundle written before")
     knobs = parser.add_argument_group("knobs baked into the bundle (default: project defaults)")
@@ -375,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
     knobs.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
     knobs.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
+    knobs.add_argument(
+        "--t-star-max", type=int, default=None, help="noise-level ramp's top (0: fixed t_star)"
+    )
+    knobs.add_argument(
+        "--strength-ramp", type=float, default=None, help="estimate (1/255) at t_star_max"
+    )
     return parser
 
 

@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="purify",
         description=__doc__.split("\n\n")[0],
-        epilog="Knobs left out (--t-star ... --unsharp-radius) come from purifier/defaults.json "
+        epilog="Knobs left out (--t-star ... --strength-ramp) come from purifier/defaults.json "
         "if present, else the provisional defaults: " + _knobs(PROVISIONAL_DEFAULTS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -93,6 +93,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave images whose estimated perturbation (RMS, 1/255) is below this; 0: off",
     )
     parser.add_argument(
+        "--t-star-max",
+        type=int,
+        default=None,
+        help="per-image noise level: rises from --t-star to this with the estimated "
+        "perturbation strength; 0: every image at --t-star",
+    )
+    parser.add_argument(
+        "--strength-ramp",
+        type=float,
+        default=None,
+        help="estimated perturbation (RMS, 1/255) at which --t-star-max is reached",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -108,7 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--detector",
         type=Path,
         default=None,
-        help="perturbation-detector folder for --gate (default: newest weights/detector-v*)",
+        help="perturbation-detector folder for --gate and --t-star-max "
+        "(default: newest weights/detector-v*)",
     )
     parser.add_argument("--tile", type=int, default=512, help="tile side in px; 0 disables tiling")
     parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")

@@ -68,9 +68,11 @@ DEFAULT_SPACE: dict[str, tuple[Any, ...]] = {
     "t_star": (20, 40, 60, 80, 100, 150),
     "steps": (1, 2, 3, 4),
     "sampler": ("ddpm", "ddim"),
-    "ensemble": (1, 2),
+    "ensemble": (1, 2, 4),
     "unsharp_amount": (0.0, 0.5, 1.0),
     "gate": (0.0, 0.5, 1.0, 1.5),
+    "t_star_max": (0, 80, 120),
+    "strength_ramp": (4.0, 8.0),
 }
 KNOBS = tuple(f.name for f in dataclasses.fields(PurifierConfig))
 SKIP_MARGIN = 1.5
@@ -176,8 +178,12 @@ def parse_space(space: str | Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
 
 def normalise(config: PurifierConfig, **changes: Any) -> PurifierConfig | None:
     """``config`` with ``changes``, made runnable: DDIM gets uniform spacing and the nearest
-    ``t_star`` its grid allows. None if the result is still invalid (e.g. steps > t_star+1)."""
+    ``t_star`` its grid allows; without a ramp (``t_star_max`` 0) ``strength_ramp`` takes its
+    default, so equal defenses are one candidate. None if the result is still invalid (e.g.
+    steps > t_star + 1, or t_star_max <= t_star)."""
     values = {**config.to_dict(), **changes}
+    if not values["t_star_max"]:
+        values["strength_ramp"] = PurifierConfig.strength_ramp
     if values["sampler"] == "ddim":
         values["spacing"] = "uniform"
         try:

@@ -350,3 +350,18 @@ def test_cli_names_a_missing_image_folder(tmp_path: Path, tiny_weights: Path) ->
     argv = ["--images", str(tmp_path / "missing"), "--weights", str(tiny_weights)]
     with pytest.raises(SystemExit, match="adaptive_eval.py: error: not a folder"):
         adaptive_eval.main(argv)
+
+
+def test_a_ramped_defense_without_gate_gets_the_evasion_attack(tiny_weights: Path) -> None:
+    from purifier import DiffusionPurifier, PerturbationDetector, PurifierConfig
+
+    torch.manual_seed(0)
+    detector = PerturbationDetector((4, 4, 4, 4)).eval()
+    base = DiffusionPurifier.from_pretrained(tiny_weights, "cpu", PurifierConfig(**KNOBS))
+    config = PurifierConfig(**{**KNOBS, "t_star_max": KNOBS["t_star"] + 20})
+    ramped = DiffusionPurifier(base.model, dict(base.scheduler.config), config, 0, detector)
+    records = adaptive_eval.evaluate_image(
+        "a.png", rand(1, 3, 16, 16, seed=5), ToyMetric().eval(), ramped, 10 / 255,
+        iterations=1, alpha=2 / 255, eot=1, seed=0, adaptive=(adaptive_eval.EVADE,),
+    )  # fmt: skip
+    assert [r.setting for r in records][-1] == adaptive_eval.EVADE

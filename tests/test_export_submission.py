@@ -45,6 +45,8 @@ PINNED = {
     "unsharp_amount": 0.5,
     "unsharp_radius": 0.8,
     "gate": 0.0,
+    "t_star_max": 0,
+    "strength_ramp": 6.0,
 }
 
 
@@ -361,6 +363,28 @@ def test_a_gated_bundle_carries_the_detector_and_matches_the_project(
     expected = project.apply_defense(x)
     assert torch.equal(got, expected)
     assert sum(torch.equal(a, b) for a, b in zip(got, x, strict=True)) == 1
+
+
+def test_a_ramped_bundle_carries_the_detector_and_matches_the_project(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    detector = save_detector(
+        PerturbationDetector((4, 4, 4, 4)), tmp_path / "det" / "detector-v2", "2"
+    )
+    x = images(seed=5)
+    knobs = {"t_star": 20, "t_star_max": 60, "strength_ramp": 1e-3}
+    out = tmp_path / "ramped"
+    argv = ["--out", str(out), "--weights", str(tiny_weights), "--detector", str(detector)]
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in knobs.items()]
+    assert export.main([*argv, "--no-zip", *flags]) == 0
+    assert verify_manifest(out / "weights" / "detector-v2")["version"] == "2"
+    with bundle_defense(out) as module:
+        submitted = module.Defense("cpu", seed=3)
+        assert submitted.purifier.plan(x) == [60, 60]
+        got = submitted.apply_defense(x)
+    project = Defense(weights=tiny_weights, detector=detector, seed=3, **knobs)
+    assert torch.equal(got, project.apply_defense(x))
 
 
 def test_zip_unpacks_to_the_same_tree(bundle: export.Bundle, tmp_path: Path) -> None:

@@ -1,0 +1,168 @@
+"""The per-image noise level: ``t_star`` rising to ``t_star_max`` with the detector's estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from defense import Defense
+from purifier import DiffusionPurifier, PurifierConfig
+from purifier.config import config_from_options
+from scripts import purify as purify_cli
+from scripts.tuning import normalise
+from tests.test_perturbation_detector import FixedStrengths, images
+
+KNOBS = {"t_star": 20, "steps": 2, "sampler": "ddpm", "ensemble": 1}
+RAMP = {**KNOBS, "t_star_max": 60, "strength_ramp": 8.0}
+
+
+def purifier_with(tiny_weights: Path, config: PurifierConfig, strengths: list[float]):
+    base = DiffusionPurifier.from_pretrained(tiny_weights, "cpu", PurifierConfig(**KNOBS))
+    detector = FixedStrengths(strengths)
+    purifier = DiffusionPurifier(base.model, dict(base.scheduler.config), config, 0, detector)
+    return purifier, detector
+
+
+# --- the mapping ------------------------------------------------------------------------------
+
+
+def test_noise_level_rises_linearly_from_t_star_and_is_flat_above_the_ramp() -> None:
+    config = PurifierConfig(t_star=40, steps=1, t_star_max=120, strength_ramp=8.0)
+    levels = [config.noise_level(s) for s in (0.0, 0.01, 1.0, 3.0, 4.0, 8.0, 20.0, -1.0)]
+    assert levels == [40, 40, 50, 70, 80, 120, 120, 40]
+
+
+def test_without_a_ramp_every_image_gets_t_star() -> None:
+    config = PurifierConfig(t_star=40, steps=1)
+    assert [config.noise_level(s) for s in (0.0, 5.0, 50.0)] == [40, 40, 40]
+    assert not config.uses_detector
+    assert PurifierConfig(t_star=40, steps=1, t_star_max=80).uses_detector
+    assert PurifierConfig(gate=0.5).uses_detector
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"t_star_max": 40}, "above t_star=40"),
+        ({"t_star_max": 10}, "above t_star=40"),
+        ({"t_star_max": 1000}, "bad t_star_max=1000"),
+        ({"t_star_max": 2.5}, "t_star_max must be an integer"),
+        ({"t_star_max": True}, "t_star_max must be an integer"),
+        ({"t_star_max": -1}, "t_star_max must be an integer >= 0"),
+        ({"strength_ramp": 0.0}, "strength_ramp must be a finite number > 0"),
+        ({"strength_ramp": float("nan")}, "strength_ramp"),
+        ({"strength_ramp": "8"}, "strength_ramp"),
+    ],
+)
+def test_bad_ramps_are_refused(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PurifierConfig(t_star=40, steps=2, **changes)
+
+
+def test_the_tuner_counts_rampless_candidates_once() -> None:
+    base = PurifierConfig(t_star=40, steps=1)
+    a = normalise(base, t_star_max=0, strength_ramp=4.0)
+    b = normalise(base, t_star_max=0, strength_ramp=8.0)
+    assert a == b and a is not None and a.strength_ramp == PurifierConfig.strength_ramp
+    assert normalise(base, t_star_max=80, strength_ramp=4.0).strength_ramp == 4.0
+    assert normalise(base, t_star_max=30) is None  # not above t_star
+
+
+# --- the purifier -----------------------------------------------------------------------------
+
+
+def test_each_image_is_purified_from_its_own_noise_level(tiny_weights: Path) -> None:
+    purifier, detector = purifier_with(tiny_weights, PurifierConfig(**RAMP), [8.0, 0.0])
+    x = images(2, 16)
+    assert purifier.plan(x) == [60, 20]
+    out = purifier(x)
+    # groups run in increasing noise level from one generator: the t_star image first
+    reference = DiffusionPurifier(
+        purifier.model, purifier.scheduler_config, PurifierConfig(**KNOBS)
+    )
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(out[1:], reference.purify_all(x[1:], generator, t_star=20))
+    assert torch.equal(out[:1], reference.purify_all(x[:1], generator, t_star=60))
+    assert purifier.chain(60)[1] == [60, 30]  # round((60 + 1) / 2) - 1
+
+
+def test_a_batch_on_one_level_is_one_call(tiny_weights: Path, monkeypatch) -> None:
+    purifier, _ = purifier_with(tiny_weights, PurifierConfig(**RAMP), [4.0, 4.0])
+    seen = []
+    original = purifier.purify_all
+
+    def spy(x, generator=None, t_star=None):
+        seen.append((x.shape[0], t_star))
+        return original(x, generator, t_star)
+
+    monkeypatch.setattr(purifier, "purify_all", spy)
+    purifier(images(2, 16))
+    assert seen == [(2, 40)]
+
+
+def test_gate_and_ramp_together(tiny_weights: Path) -> None:
+    config = PurifierConfig(**RAMP, gate=1.0)
+    purifier, _ = purifier_with(tiny_weights, config, [0.5, 2.0, 30.0])
+    x = images(3, 16)
+    assert purifier.plan(x) == [0, 30, 60]
+    out = purifier(x)
+    assert torch.equal(out[0], x[0])
+    assert not torch.equal(out[1], x[1]) and not torch.equal(out[2], x[2])
+    assert torch.equal(purifier.flags(x), torch.tensor([False, True, True]))
+
+
+def test_ddim_levels_snap_to_the_grid_and_never_fall_below_t_star(tiny_weights: Path) -> None:
+    config = PurifierConfig(t_star=39, steps=2, sampler="ddim", t_star_max=99, strength_ramp=6.0)
+    purifier, _ = purifier_with(tiny_weights, config, [0.0, 0.5, 1.0, 6.0])
+    x = images(4, 16)
+    assert purifier.plan(x) == [39, 44, 49, 99]
+    assert purifier.chain(39)[1] == [39, 19]
+    assert purifier.chain(44)[1] == [39, 19]  # 44 is nearer 39 than 49 (ties: the smaller)
+    assert purifier.chain(45)[1] == [49, 24]
+    assert purifier.chain(99)[1] == [99, 49]
+    assert purifier(x).shape == x.shape
+
+
+def test_tiled_images_get_one_level_each(tiny_weights: Path, monkeypatch) -> None:
+    purifier, detector = purifier_with(tiny_weights, PurifierConfig(**RAMP), [8.0])
+    levels = []
+    original = purifier.purify_all
+
+    def spy(x, generator=None, t_star=None):
+        levels.append(t_star)
+        return original(x, generator, t_star)
+
+    monkeypatch.setattr(purifier, "purify_all", spy)
+    out = purifier.tiled(images(1, 40), tile=24, overlap=4)
+    assert out.shape == (1, 3, 40, 40)
+    assert detector.calls == 1 and len(levels) == 4 and set(levels) == {60}
+
+
+def test_the_ramp_needs_a_detector(tiny_weights: Path) -> None:
+    base = DiffusionPurifier.from_pretrained(tiny_weights, "cpu", PurifierConfig(**KNOBS))
+    with pytest.raises(ValueError, match="detector"):
+        DiffusionPurifier(base.model, dict(base.scheduler.config), PurifierConfig(**RAMP))
+
+
+def test_defense_with_a_ramp_is_differentiable_and_seeded(tiny_weights: Path) -> None:
+    # conftest's detector beside the weights estimates 20/255 for every image: t_star_max
+    defense = Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**RAMP))
+    x = images(1, 16).requires_grad_(True)
+    assert defense.purifier.plan(x) == [60]
+    out = defense.apply_defense(x)
+    out.sum().backward()
+    assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+    again = Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**RAMP))
+    with torch.no_grad():
+        assert torch.equal(again.apply_defense(x.detach()), out.detach())
+
+
+def test_purify_cli_takes_the_ramp(tiny_weights: Path, tmp_path: Path) -> None:
+    args = purify_cli.parse_args(
+        ["in", "out", "--t-star", "20", "--steps", "2", "--t-star-max", "60",
+         "--strength-ramp", "4"]
+    )  # fmt: skip
+    config = config_from_options(args)
+    assert (config.t_star, config.t_star_max, config.strength_ramp) == (20, 60, 4.0)
