@@ -74,7 +74,8 @@ class PurifierConfig:
         _check_int("t_star_max", self.t_star_max, minimum=0)
         if self.t_star_max and self.t_star_max <= self.t_star:
             raise ValueError(
-                f"t_star_max must be 0 (off) or above t_star={self.t_star}, got {self.t_star_max}"
+                f"t_star_max must be 0 (off) or above t_star={self.t_star}, got "
+                f"{self.t_star_max}: raise t_star_max or set it to 0 for a fixed noise level"
             )
         _check_int("ensemble", self.ensemble, minimum=1)
         _check_float("unsharp_amount", self.unsharp_amount, minimum=0.0)

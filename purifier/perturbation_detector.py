@@ -1,4 +1,4 @@
-"""A small CNN that estimates how strongly an image has been perturbed, to gate purification.
+"""A small CNN that estimates how strongly an image has been perturbed, to steer purification.
 
 ``PerturbationDetector`` maps float ``(B, 3, H, W)`` images in [0, 1] to ``(B,)`` estimates of
 the perturbation's RMS in 1/255 units (about 0 for a natural photo, 2-10 for the attack suite
@@ -7,9 +7,10 @@ as steganalysis detectors do (Fridrich & Kodovsky, "Rich models for steganalysis
 images", 2012), runs a few strided convolutions and pools the features by their spatial mean
 and mean square over the whole image. Both statistics are sums over positions, so
 ``estimate`` can visit a large image in tiles and still give (up to tile borders) the answer
-of one pass. The purifier leaves images whose estimate is below its ``gate`` untouched
-(Metzen et al., "On detecting adversarial perturbations", ICLR 2017, detect with a small
-network trained on the attacks' output).
+of one pass. The purifier picks each image's noise level from the estimate
+(``PurifierConfig.t_star_max``) and can leave images below its ``gate`` untouched (Metzen et
+al., "On detecting adversarial perturbations", ICLR 2017, detect with a small network trained
+on the attacks' output).
 
 A detector folder holds ``model.safetensors``, ``detector.json`` (the layer widths) and
 ``manifest.json``; ``scripts/train_detector.py`` makes it.
@@ -139,6 +140,10 @@ def save_detector(
     return folder
 
 
+WITHOUT_DETECTOR = "or set gate=0 and t_star_max=0 to purify every image from t_star."
+"""How to run without a detector, for the errors that report a missing one."""
+
+
 def load_detector(folder: str | Path, device: str | torch.device = "cpu") -> PerturbationDetector:
     """The detector in ``folder`` (manifest checked), in eval mode on ``device``, parameters
     frozen. ``MissingDetectorError`` if absent, ``ValueError`` if the files do not fit."""
@@ -146,7 +151,7 @@ def load_detector(folder: str | Path, device: str | torch.device = "cpu") -> Per
     if not (folder / MANIFEST).is_file():
         raise MissingDetectorError(
             f"no detector weights in {folder} ({MANIFEST} missing). Train them with "
-            f"`{TRAIN_COMMAND.format(folder=folder)}`, or set gate=0 to purify every image."
+            f"`{TRAIN_COMMAND.format(folder=folder)}`, {WITHOUT_DETECTOR}"
         )
     verify_manifest(folder)
     try:
@@ -171,6 +176,6 @@ def newest_detector(weights_dir: str | Path) -> Path:
         raise MissingDetectorError(
             f"no released detector (a detector-v<N> folder with {MANIFEST}) in {weights_dir}. "
             f"Train one with `{TRAIN_COMMAND.format(folder=Path(weights_dir) / 'detector-v1')}`, "
-            "or set gate=0 to purify every image."
+            f"{WITHOUT_DETECTOR}"
         )
     return newest

@@ -406,9 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
     parser.add_argument("--t-star", type=int, default=None, help="defense noise level")
     parser.add_argument("--steps", type=int, default=None, help="defense reverse steps")
+    parser.add_argument("--ensemble", type=int, default=None, help="defense runs averaged")
     parser.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
     parser.add_argument(
         "--t-star-max", type=int, default=None, help="noise-level ramp's top (0: fixed t_star)"
+    )
+    parser.add_argument(
+        "--strength-ramp", type=float, default=None, help="estimate (1/255) at t_star_max"
     )
     parser.add_argument(
         "--adaptive",
@@ -477,8 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             device,
             t_star=args.t_star,
             steps=args.steps,
+            ensemble=args.ensemble,
             gate=args.gate,
             t_star_max=args.t_star_max,
+            strength_ramp=args.strength_ramp,
             weights=args.weights,
             seed=args.seed,
         )

@@ -123,10 +123,12 @@ print(attack)"""
 PURIFY_MD = """\
 ## 4. Purify it
 
-`Defense` noises the image to step `t_star` of the diffusion schedule and runs a few reverse
-steps of the denoiser. Its knobs come from `purifier/defaults.json` (written by
-`scripts/tune.py`); `seed` makes the run reproducible (leave it out in deployment: fresh
-noise on every call is part of the defense)."""
+`Defense` estimates how strongly the image was perturbed (a small detector CNN), noises it to
+a step of the diffusion schedule between `t_star` (clean-looking) and `t_star_max` (strongly
+perturbed) and runs a reverse step of the denoiser, averaged over a few noise draws. Its
+knobs come from `purifier/defaults.json` (written by `scripts/tune.py`); `seed` makes the run
+reproducible (leave it out in deployment: fresh noise on every call is part of the defense).
+`defense.purifier.plan(attacked)` shows the noise level it chose."""
 
 PURIFY = """\
 from defense import Defense
@@ -135,7 +137,8 @@ weights = os.environ.get("QUICKSTART_WEIGHTS")  # None: the newest released weig
 defense = Defense(DEVICE, seed=SEED, weights=weights)
 with torch.no_grad():
     purified = defense.apply_defense(attacked)
-print(defense)"""
+print(defense)
+print("noise level chosen for the attacked image:", defense.purifier.plan(attacked))"""
 
 SCORES_MD = """\
 ## 5. Compare"""

@@ -251,6 +251,10 @@ def test_purify_cli_reports_a_missing_detector(
     argv = [str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(alone)]
     assert purify_cli.main([*argv, "--gate", "1"]) == 2
     assert "no released detector" in caplog.text
-    assert purify_cli.main([*argv, "--gate", "0"]) == 0
+    caplog.clear()
+    ramp = ["--gate", "0", "--t-star", "20", "--t-star-max", "40"]
+    assert purify_cli.main([*argv, *ramp]) == 2  # the noise-level ramp needs it too
+    assert "no released detector" in caplog.text and "t_star_max=0" in caplog.text
+    assert purify_cli.main([*argv, "--gate", "0", "--t-star-max", "0"]) == 0
     named = ["--detector", str(tiny_weights.parent / "detector-v1")]
     assert purify_cli.main([*argv, "--gate", "1", *named, "--overwrite"]) == 0
