@@ -72,11 +72,6 @@ class PurifierConfig:
         _check_float("gate", self.gate, minimum=0.0)
         _check_float("strength_ramp", self.strength_ramp, minimum=0.0, strict=True)
         _check_int("t_star_max", self.t_star_max, minimum=0)
-        if self.t_star_max and self.t_star_max <= self.t_star:
-            raise ValueError(
-                f"t_star_max must be 0 (off) or above t_star={self.t_star}, got "
-                f"{self.t_star_max}: raise t_star_max or set it to 0 for a fixed noise level"
-            )
         _check_int("ensemble", self.ensemble, minimum=1)
         _check_float("unsharp_amount", self.unsharp_amount, minimum=0.0)
         _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)
@@ -94,6 +89,11 @@ class PurifierConfig:
             ddim_kept_timesteps(self.t_star, self.steps)
         else:
             kept_timesteps(self.t_star, self.steps, self.spacing)
+        if self.t_star_max and self.t_star_max <= self.t_star:
+            raise ValueError(
+                f"t_star_max must be 0 (off) or above t_star={self.t_star}, got "
+                f"{self.t_star_max}: raise t_star_max or set it to 0 for a fixed noise level"
+            )
         if self.t_star_max:
             try:
                 if self.sampler == "ddim":

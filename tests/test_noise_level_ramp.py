@@ -61,6 +61,11 @@ def test_bad_ramps_are_refused(changes: dict, message: str) -> None:
         PurifierConfig(t_star=40, steps=2, **changes)
 
 
+def test_a_bad_t_star_is_named_even_with_a_ramp() -> None:
+    with pytest.raises(ValueError, match="t_star must be an integer"):
+        PurifierConfig(t_star="40", t_star_max=80)
+
+
 def test_the_tuner_counts_rampless_candidates_once() -> None:
     base = PurifierConfig(t_star=40, steps=1)
     a = normalise(base, t_star_max=0, strength_ramp=4.0)
