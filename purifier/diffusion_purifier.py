@@ -90,12 +90,12 @@ class DiffusionPurifier:
 
     def chain(self, t_star: int) -> tuple[SchedulerMixin, list[int]]:
         """``(scheduler, kept timesteps)`` of the chain starting at noise level ``t_star``
-        (snapped to the DDIM grid for ``ddim``), built once and cached."""
+        (snapped to the DDIM grid for ``ddim``; ``config.t_star`` is already on it), built once
+        and cached."""
         if t_star not in self._chains:
             c = self.config
-            snap = c.sampler == "ddim" and t_star != c.t_star
             self._chains[t_star] = make_scheduler(
-                c.sampler, t_star, c.steps, c.spacing, self.scheduler_config, snap_to_grid=snap
+                c.sampler, t_star, c.steps, c.spacing, self.scheduler_config, snap_to_grid=True
             )
         return self._chains[t_star]
 
