@@ -39,6 +39,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -188,7 +189,13 @@ def export_submission(
         problems = bundle_import_problems(staging, RUNTIME_PACKAGE, THIRD_PARTY)
         if problems:
             raise RuntimeError("the bundle would not import cleanly:\n" + "\n".join(problems))
-        _write_info(staging, config, source_weights, manifest, weights_name)
+        detector_info = (
+            _weights_info(source_detector, detector_manifest, detector_name)
+            if config.uses_detector
+            else None
+        )
+        weights_info = _weights_info(source_weights, manifest, weights_name)
+        _write_info(staging, config, weights_info, detector_info)
         _replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -291,9 +298,24 @@ def _source_commit() -> dict[str, str | bool | None]:
     return {"commit": commit, "modified": bool(status.strip())}
 
 
+def _weights_info(source: Path, manifest: dict, name: str) -> dict[str, Any]:
+    """``bundle.json``'s entry for one bundled weights folder."""
+    return {
+        "folder": f"weights/{name}",
+        "source": str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source),
+        "name": manifest.get("name"),
+        "version": manifest.get("version"),
+    }
+
+
 def _write_info(
-    staging: Path, config: PurifierConfig, weights: Path, manifest: dict, name: str
+    staging: Path,
+    config: PurifierConfig,
+    weights: dict[str, Any],
+    detector: dict[str, Any] | None,
 ) -> None:
+    """``bundle.json``: knobs, bundled weights (``detector`` is None when not bundled), source
+    commit, versions and the sha256 of every file."""
     files = {
         p.relative_to(staging).as_posix(): sha256_file(p)
         for p in sorted(staging.rglob("*"))
@@ -304,12 +326,8 @@ def _write_info(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "usage": "from defense import Defense; Defense(device).apply_defense(images)",
         "config": config.to_dict(),
-        "weights": {
-            "folder": f"weights/{name}",
-            "source": str(weights.relative_to(ROOT) if weights.is_relative_to(ROOT) else weights),
-            "name": manifest.get("name"),
-            "version": manifest.get("version"),
-        },
+        "weights": weights,
+        "detector": detector,
         "source": _source_commit(),
         "exported_with": {
             "python": sys.version.split()[0],

@@ -362,6 +362,8 @@ def test_a_bundle_using_the_detector_carries_it_and_matches_the_project(
     argv = ["--out", str(out), "--weights", str(tiny_weights), "--detector", str(detector)]
     assert export.main([*argv, "--no-zip", *flags]) == 0
     assert verify_manifest(out / "weights" / "detector-v3")["version"] == "3"
+    detector_info = json.loads((out / "bundle.json").read_text())["detector"]
+    assert detector_info["folder"] == "weights/detector-v3" and detector_info["version"] == "3"
     with bundle_defense(out) as module:
         submitted = module.Defense("cpu", seed=3)
         assert sorted(submitted.purifier.plan(x)) == levels
@@ -400,7 +402,8 @@ def test_existing_output_is_refused_unless_forced(tiny_weights: Path, tmp_path: 
         out, PurifierConfig(**PINNED), weights=tiny_weights, force=True
     )
     assert not (out / "stale.txt").exists()
-    assert json.loads((out / "bundle.json").read_text())["config"] == PINNED
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["config"] == PINNED and info["detector"] is None  # PINNED uses no detector
     with zipfile.ZipFile(bundle.zip_path) as archive:
         assert json.loads(archive.read("bundle.json"))["config"] == PINNED
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub", "sub.zip"]  # nothing left over
