@@ -99,7 +99,12 @@ def make_correction(spec: str) -> Correction:
 
 
 def record(
-    attack: str, name: str, source: float, defended: float, attacked: float, fidelity: tuple
+    attack: str,
+    name: str,
+    source: float,
+    defended: float,
+    attacked: float,
+    fidelity: tuple[float, float],
 ) -> harness.ImageRecord:
     """A ``test.py`` record of one corrected image (no timing)."""
     psnr, ssim = fidelity
