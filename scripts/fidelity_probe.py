@@ -39,9 +39,7 @@ from atomic_write import write_text_atomic  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import DiffusionPurifier, load_default_config  # noqa: E402
-from scripts.benchmarking import harness  # noqa: E402
-
-logger = logging.getLogger("fidelity_probe")
+from scripts.benchmarking import CLEAN, clean_pairs, harness, select_pairs  # noqa: E402
 
 Correction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KINDS = ("none", "blend", "lowpass", "deadzone")
@@ -56,7 +54,6 @@ DEFAULT_VARIANTS = (
     "deadzone:10",
     "deadzone:14",
 )
-CLEAN = "clean"
 
 
 def lowpass(residual: torch.Tensor, factor: int) -> torch.Tensor:
@@ -186,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "ddpm-v2")
     p.add_argument("--t-stars", type=int, nargs="+", default=[60, 80])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
-    p.add_argument("--limit", type=int, default=None, help="at most N images per attack")
+    p.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -206,15 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pairs = harness.collect_pairs(args.data)
-    by_attack: dict[str, list] = {}
-    for pair in pairs:
-        by_attack.setdefault(pair.attack, []).append(pair)
-    pairs = [p for group in by_attack.values() for p in group[: args.limit]]
-    references = sorted({p.reference for p in pairs})
-    items = [(CLEAN, r, r) for r in references] + [
-        (p.attack, p.attacked, p.reference) for p in pairs
-    ]
+    pairs = select_pairs(harness.collect_pairs(args.data), args.limit)
+    items = clean_pairs(pairs) + pairs
     metric = harness.load_metric(ROOT, torch.device(args.device))
     base = load_default_config().replace(t_star_max=0, gate=0.0)
     purifiers = {
@@ -226,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     source_scores: dict[Path, float] = {}
     with torch.no_grad():
-        for index, (attack, path, reference_path) in enumerate(tqdm(items, desc="probe")):
-            x = load_image(path).unsqueeze(0).to(args.device)
-            reference = load_image(reference_path).unsqueeze(0)
-            if reference_path not in source_scores:
-                source_scores[reference_path] = float(metric(reference.to(args.device)))
-            source, attacked = source_scores[reference_path], float(metric(x))
+        for index, pair in enumerate(tqdm(items, desc="probe")):
+            x = load_image(pair.attacked).unsqueeze(0).to(args.device)
+            reference = load_image(pair.reference).unsqueeze(0)
+            if pair.reference not in source_scores:
+                source_scores[pair.reference] = float(metric(reference.to(args.device)))
+            source, attacked = source_scores[pair.reference], float(metric(x))
             for t, purifier in purifiers.items():
                 generator = torch.Generator().manual_seed(args.seed + index)
                 y = purifier(x, generator=generator)
@@ -240,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     (fid,) = harness.fidelity(reference, out.cpu())
                     score = float(metric(out))
                     records[t][variant].append(
-                        record(attack, Path(path).name, source, score, attacked, fid)
+                        record(pair.attack, pair.attacked.name, source, score, attacked, fid)
                     )
     results = {t: {v: summary(r) for v, r in by_v.items()} for t, by_v in records.items()}
     command = "python scripts/fidelity_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
