@@ -20,12 +20,14 @@ three terms (see ``diffusion/bridge_loss.py``):
 Pairs are made on the fly by the attack suite (``attacks.training_pairs.RandomAttacks``: every
 attack family, random budget 2..16/255, iterations, EOT) against the stand-in metric or
 ``--metric-checkpoint``, from random crops of ``--train-dir`` (default ``clean/train`` minus
-the tuner's images and the held-out validation images). With ``--pairs DIR`` (the competition
-layout: ``DIR/reference/<img>`` and ``DIR/attacked/<attack>/<img>``) the given pairs are used
-instead, with every ``--val-every``-th image held out. Validation: the Gain of the default
-purifier (t*=60, 2 DDPM steps, fixed seed) on fixed attacked crops of held-out images, logged
-against the undefended Gain and written to the manifest. Checkpoints every
-``--checkpoint-every`` steps; ``--resume latest`` continues; the EMA weights go to
+the tuner's images and the held-out validation images). Several ``--metric-checkpoint``
+metrics spread the pairs over their attacks and average the consistency term, so the bridge
+learns what the metrics' perturbations share rather than one network's. With ``--pairs DIR``
+(the competition layout: ``DIR/reference/<img>`` and ``DIR/attacked/<attack>/<img>``) the
+given pairs are used instead, with every 10th reference image held out. Validation: the
+Gain of the default purifier (t*=60, 2 DDPM steps, fixed seed) on fixed attacked crops of
+held-out images, logged against the undefended Gain and written to the manifest. Checkpoints
+every ``--checkpoint-every`` steps; ``--resume latest`` continues; the EMA weights go to
 ``--output`` with a manifest (a new version: released folders are never overwritten).
 """
 
@@ -34,8 +36,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import accelerate
 import diffusers
@@ -81,6 +84,8 @@ VALIDATION_SEED_OFFSETS = {
     **{name: i for i, name in enumerate(VALIDATION_ATTACKS)},
     **{name: 100 + i for i, name in enumerate(ATTACKS) if name not in VALIDATION_ATTACKS},
 }
+DEFAULT_METRIC = "default (p1q2.pth beside model.py, else weights/standin-metric-v1)"
+T = TypeVar("T")
 VALIDATION_T_STAR = 60
 VALIDATION_STEPS = 2
 
@@ -95,7 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", type=Path, default=None, help="data root (default: $PURIFY_DATA)")
     add("--train-dir", type=Path, default=None, help="clean images (default <data>/clean/train)")
     add("--pairs", type=Path, default=None, help="competition-layout dataset of fixed pairs")
-    add("--metric-checkpoint", type=Path, default=None, help="p1q2.pth (default: stand-in)")
+    add(
+        "--metric-checkpoint",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="metrics to attack and to hold the score of: p1q2.pth files or stand-in folders "
+        "(default: the stand-in); with several, each new batch of pairs is attacked against "
+        "one drawn at random, the consistency term averages them, validation uses the first",
+    )
     add("--run-dir", type=Path, default=None, help="default runs/<output name>")
     add("--resume", default=None, help="checkpoint folder or 'latest'")
     add("--max-steps", type=int, default=None)
@@ -280,6 +293,49 @@ def validation_set(
     return clean.repeat(len(attacks), 1, 1, 1), torch.cat(attacked), labels
 
 
+def plain(value: Any) -> Any:
+    """``value`` for a JSON manifest: paths (also inside lists) as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def load_metrics(device: torch.device | str, paths: list[Path] | None) -> list[MetricModel]:
+    """Frozen ``MetricModel``s of ``paths`` (default: the one default metric), in order."""
+    metrics = []
+    for path in paths or [None]:
+        metric = MetricModel(device, path).eval()
+        for parameter in metric.parameters():
+            parameter.requires_grad_(False)
+        metrics.append(metric)
+    return metrics
+
+
+def pick(options: Sequence[T], generator: torch.Generator) -> T:
+    """One of ``options`` drawn with ``generator``; a single option draws nothing, so a
+    one-metric run keeps the random stream it always had."""
+    if len(options) == 1:
+        return options[0]
+    return options[int(torch.randint(len(options), (), generator=generator))]
+
+
+def consistency_loss(
+    metrics: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    purified: torch.Tensor,
+    clean: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over ``metrics`` of ``score_consistency_loss(metric(purified), metric(clean))``;
+    images ``(B, 3, H, W)`` in [0, 1], the clean scores are constants."""
+    total = purified.new_zeros(())
+    for metric in metrics:
+        with torch.no_grad():
+            reference = metric(clean)
+        total = total + score_consistency_loss(metric(purified), reference)
+    return total / len(metrics)
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_script(parse_args, train, argv)
 
@@ -288,9 +344,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     """The fine-tuning run; returns the exit code (0 when ``--output`` was written)."""
     run = DenoiserRun(args, command, stop_signal, logger)
     version = args.version or run.output.name
-    metric = MetricModel(run.device, args.metric_checkpoint).eval()
-    for parameter in metric.parameters():
-        parameter.requires_grad_(False)
+    metrics = load_metrics(run.device, args.metric_checkpoint)
+    metric = metrics[0]  # makes the validation crops and scores them
     # each process of a data-parallel run draws its own pairs
     generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
 
@@ -343,13 +398,16 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     ema = EMAModel(model.parameters(), decay=args.ema_decay)
     model, optimizer = run.prepare(model, optimizer, ema, generator)
 
-    attacks = RandomAttacks(
-        metric,
-        args.attacks,
-        eps_range=(args.eps_range[0] / 255, args.eps_range[1] / 255),
-        max_steps=args.max_attack_steps,
-        eot_prob=args.eot_prob,
-    )
+    attack_sets = [
+        RandomAttacks(
+            each,
+            args.attacks,
+            eps_range=(args.eps_range[0] / 255, args.eps_range[1] / 255),
+            max_steps=args.max_attack_steps,
+            eot_prob=args.eot_prob,
+        )
+        for each in metrics
+    ]
     pool = PairPool(args.pool_size)
     prior_sampler = TimestepSampler(scheduler.config.num_train_timesteps)
     chains = {
@@ -367,7 +425,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             name = ",".join(sorted(set(names)))
         else:
             clean = (crops.batch(count) + 1.0) / 2.0
-            attacked, name = attacks.attack(clean, generator)
+            attacked, name = pick(attack_sets, generator).attack(clean, generator)
         pool.add(clean, attacked, name)
 
     def info() -> dict[str, Any]:
@@ -375,14 +433,14 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             "training": {
                 "kind": "bridge fine-tuning (attacked -> clean), scripts/finetune_bridge.py",
                 "init": str(init),
-                "metric": str(args.metric_checkpoint or "stand-in (weights/standin-metric-v1)"),
+                "metric": [str(m) for m in args.metric_checkpoint or [DEFAULT_METRIC]],
                 **data_info,
                 "attacks": args.attacks if fixed is None else "fixed pairs",
                 "steps": run.step,
                 "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
                 "options": {
-                    k: (str(v) if isinstance(v, Path) else v)
+                    k: plain(v)
                     for k, v in vars(args).items()
                     if k not in ("output", "run_dir", "resume")
                 },
@@ -433,11 +491,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             chain_scheduler, kept = chains[t_star]
             n = min(args.chain_batch, args.batch_size)
             purified = run_purification(attacked[:n], model, chain_scheduler, kept, generator)
-            with torch.no_grad():
-                reference = metric(clean[:n])
-            terms["metric"] = args.metric_weight * score_consistency_loss(
-                metric(purified), reference
-            )
+            terms["metric"] = args.metric_weight * consistency_loss(metrics, purified, clean[:n])
         loss = sum(terms.values())
         run.optimizer_step(loss, model, optimizer)
         for key, value in terms.items():

@@ -17,7 +17,7 @@ from diffusion.bridge_loss import bridge_epsilon_target, bridge_loss, min_snr_we
 from image_io import save_image
 from iqa_losses import score_consistency_loss
 from scripts import finetune_bridge
-from tests.conftest import write_tiny_release
+from tests.conftest import write_tiny_release, write_tiny_standin
 from weights_manifest import verify_manifest
 
 
@@ -222,6 +222,46 @@ def test_finetune_bridge_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
     with pytest.raises(SystemExit, match="released"):
         finetune_bridge.main(args)  # never overwrites a released folder
+
+
+def test_finetune_bridge_with_two_metrics(tmp_path: Path) -> None:
+    _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
+    metrics = [write_tiny_standin(tmp_path / name, bias) for name, bias in (("a", 30), ("b", 60))]
+    output = tmp_path / "ddpm-two"
+    args = _tiny_args(tmp_path, output) + ["--train-dir", str(tmp_path / "clean")]
+    args += ["--metric-checkpoint", *map(str, metrics), "--metric-weight", "1"]
+    assert finetune_bridge.main(args) == 0
+    training = json.loads((output / "manifest.json").read_text())["training"]
+    assert training["metric"] == [str(m) for m in metrics]
+    # validation is made and scored with the first metric alone
+    assert (
+        training["validation"]["undefended_gain"] == training["init_validation"]["undefended_gain"]
+    )
+
+
+def test_pick_draws_only_when_there_is_a_choice() -> None:
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert finetune_bridge.pick(["only"], generator) == "only"
+    assert torch.equal(generator.get_state(), state)  # a one-metric run keeps its stream
+    picks = [finetune_bridge.pick("abc", torch.Generator().manual_seed(s)) for s in range(12)]
+    assert set(picks) == {"a", "b", "c"}
+    again = [finetune_bridge.pick("abc", torch.Generator().manual_seed(s)) for s in range(12)]
+    assert picks == again
+
+
+def test_consistency_loss_averages_the_metrics() -> None:
+    clean = torch.full((2, 3, 4, 4), 0.5)
+    purified = torch.full((2, 3, 4, 4), 0.6, requires_grad=True)
+    # scores 100 x brightness and 200 x brightness: both change by 20 %
+    metrics = [brightness, lambda x: 2 * brightness(x)]
+    loss = finetune_bridge.consistency_loss(metrics, purified, clean)
+    assert loss.item() == pytest.approx(0.2)
+    loss.backward()
+    # d/dx of mean_i |100 m(x) - 50| / 50 with m the image mean, averaged over 2 metrics
+    assert purified.grad.abs().sum().item() == pytest.approx(2.0)
+    one = finetune_bridge.consistency_loss(metrics[:1], purified.detach(), clean)
+    assert one.item() == pytest.approx(0.2)
 
 
 def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
