@@ -11,6 +11,7 @@ from typing import Any
 
 from scripts.benchmarking import (
     CLASSICAL,
+    SCORE_SHIFT,
     TIME_RATIO,
     DefenseRun,
     ImageRecord,
@@ -99,11 +100,13 @@ SUMMARY_COLUMNS = (
     ("Gain (%) ↓", "Gain Score", 2),
     ("Quality ↑", "Quality Score", 4),
     ("SRCC ↑", "SRCC", 4),
+    ("Shift (%)", SCORE_SHIFT, 2),
 )
 PER_ATTACK_TABLES = (
     ("Gain (%), lower is better", "Gain Score", 2),
     ("Quality, higher is better", "Quality Score", 4),
     ("SRCC, higher is better", "SRCC", 4),
+    ("Score shift (%), signed: attack left in place (+) or smoothing (-)", SCORE_SHIFT, 2),
     ("Time per image / one Linearity forward", TIME_RATIO, 3),
 )
 
@@ -120,7 +123,13 @@ def column_name(run: DefenseRun) -> str:
 
 def summary_table(runs: Mapping[str, DefenseRun]) -> list[str]:
     header = ["Defense", "Images"] + [c for c, _, _ in SUMMARY_COLUMNS]
-    header += ["Clean gain (%) ↓", "Clean quality ↑", "Time / Linearity ↓", "s / image"]
+    header += [
+        "Clean gain (%) ↓",
+        "Clean shift (%)",
+        "Clean quality ↑",
+        "Time / Linearity ↓",
+        "s / image",
+    ]
     rows = []
     for run in runs.values():
         total, clean = run.total(), run.clean_row()
@@ -128,6 +137,7 @@ def summary_table(runs: Mapping[str, DefenseRun]) -> list[str]:
         cells += [_fmt(total[key], digits) for _, key, digits in SUMMARY_COLUMNS]
         cells += [
             _fmt(clean["Gain Score"], 2),
+            _fmt(clean[SCORE_SHIFT], 2),
             _fmt(clean["Quality Score"], 4),
             _fmt(total[TIME_RATIO], 3),
             _fmt(total[harness.TIME_COLUMN], 3),
@@ -215,9 +225,11 @@ def render_markdown(
     lines += [
         "",
         "Gain = |f(ref) - f(def)| / f(ref) x 100 and Quality = (SSIM + PSNR/80) / 2 as in "
-        "`test.py`; SRCC is per attack, averaged. Clean columns: the clean references "
-        "through the defense. Time: seconds per image over one Linearity forward on the "
-        "same image size, measured in this run.",
+        "`test.py`; SRCC is per attack, averaged. Shift = the mean of (f(def) - f(ref)) / "
+        "f(ref) x 100, the Gain with its sign: attacked minus clean shift is the uplift that "
+        "survives purification. Clean columns: the clean references through the defense. "
+        "Time: seconds per image over one Linearity forward on the same image size, measured "
+        "in this run.",
         "",
         "## All attacks",
         "",

@@ -51,6 +51,8 @@ LABELS = {
 }
 CLEAN = "clean"
 TIME_RATIO = "Time ratio"
+SCORE_SHIFT = "Score shift"
+"""Mean signed score change in %, ``(f(def) - f(ref)) / f(ref) x 100`` (see ``score_shift``)."""
 
 PairKey = tuple[str, str]
 """``(attack, attacked file name)``: identifies a pair and its record."""
@@ -254,15 +256,30 @@ class DefenseRun:
         )
 
 
+def score_shift(records: Sequence[Any]) -> float:
+    """Mean signed score change ``(f(def) - f(ref)) / f(ref) x 100`` (NaN-skipping): the
+    Gain without its absolute value. A purifier that smooths shows a negative shift on clean
+    inputs; attack left in place shows a positive one on attacked inputs. Their difference is
+    the uplift that survives purification, which the Gain alone can hide when the two cancel."""
+    return harness.nan_mean(
+        [(r.defense_score - r.source_score) / r.source_score * 100 for r in records]
+    )
+
+
 def summarize(records: Sequence[Any], ratios: Sequence[float]) -> list[dict[str, Any]]:
-    """``test.aggregate(records)`` with a ``TIME_RATIO`` column (NaN-skipping means)."""
+    """``test.aggregate(records)`` with ``TIME_RATIO`` and ``SCORE_SHIFT`` columns
+    (NaN-skipping means)."""
     rows = harness.aggregate(records)
-    by_attack: dict[str, list[float]] = defaultdict(list)
+    by_attack: dict[str, list[tuple[Any, float]]] = defaultdict(list)
     for record, ratio in zip(records, ratios, strict=True):
-        by_attack[record.attack].append(ratio)
+        by_attack[record.attack].append((record, ratio))
     for row in rows:
-        values = list(ratios) if row["Attack"] == harness.ALL_ATTACKS else by_attack[row["Attack"]]
-        row[TIME_RATIO] = harness.nan_mean(values)
+        if row["Attack"] == harness.ALL_ATTACKS:
+            chosen = list(zip(records, ratios, strict=True))
+        else:
+            chosen = by_attack[row["Attack"]]
+        row[TIME_RATIO] = harness.nan_mean([ratio for _, ratio in chosen])
+        row[SCORE_SHIFT] = score_shift([record for record, _ in chosen])
     return rows
 
 

@@ -39,7 +39,13 @@ from atomic_write import write_text_atomic  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import DiffusionPurifier, load_default_config  # noqa: E402
-from scripts.benchmarking import CLEAN, clean_pairs, harness, select_pairs  # noqa: E402
+from scripts.benchmarking import (  # noqa: E402
+    CLEAN,
+    clean_pairs,
+    harness,
+    score_shift,
+    select_pairs,
+)
 
 Correction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KINDS = ("none", "blend", "lowpass", "deadzone")
@@ -119,16 +125,6 @@ def record(
     )
 
 
-def bias(records: Sequence[harness.ImageRecord]) -> float:
-    """Mean signed score change ``(f(def) - f(ref)) / f(ref) x 100``: Gain without the
-    absolute value, so a purifier that smooths (negative) is told from a residual attack."""
-    return float(
-        sum((r.defense_score - r.source_score) / r.source_score for r in records)
-        * 100
-        / len(records)
-    )
-
-
 def summary(records: Sequence[harness.ImageRecord]) -> dict[str, Any]:
     """Gain, Quality, SRCC and bias of attacked records (bias also per attack) plus Gain,
     Quality and bias of clean ones."""
@@ -140,12 +136,12 @@ def summary(records: Sequence[harness.ImageRecord]) -> dict[str, Any]:
         "gain": total["Gain Score"],
         "quality": total["Quality Score"],
         "srcc": total["SRCC"],
-        "bias": bias(attacked),
+        "bias": score_shift(attacked),
         "clean_gain": clean_total["Gain Score"],
         "clean_quality": clean_total["Quality Score"],
-        "clean_bias": bias(clean),
+        "clean_bias": score_shift(clean),
         "bias_by_attack": {
-            a: bias([r for r in attacked if r.attack == a])
+            a: score_shift([r for r in attacked if r.attack == a])
             for a in sorted({r.attack for r in attacked})
         },
     }

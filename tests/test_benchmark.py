@@ -29,6 +29,7 @@ from scripts.benchmark_report import (
     short_description,
 )
 from scripts.benchmarking import (
+    SCORE_SHIFT,
     TIME_RATIO,
     CapturingDefense,
     DefenseRun,
@@ -38,6 +39,7 @@ from scripts.benchmarking import (
     defense_label,
     harness,
     linearity_seconds,
+    score_shift,
     select_pairs,
     split_defense_spec,
     split_knobs,
@@ -118,6 +120,11 @@ def test_rows_agree_with_the_harness_aggregate(bench: dict) -> None:
         clean = harness.aggregate(records_from_json(entry["clean_records"]))[-1]
         assert _same(entry["clean"]["Gain Score"], clean["Gain Score"])
         assert _same(entry["clean"]["Quality Score"], clean["Quality Score"])
+        # the signed shift: |shift| <= Gain, and equal to it when every change has one sign
+        records = records_from_json(entry["records"])
+        assert _same(entry["rows"][-1][SCORE_SHIFT], score_shift(records))
+        assert abs(entry["rows"][-1][SCORE_SHIFT]) <= entry["rows"][-1]["Gain Score"] + 1e-9
+    assert bench["json"]["defenses"]["none"]["clean"][SCORE_SHIFT] == 0.0
 
 
 def test_record_counts_subset_and_clean_inputs(bench: dict) -> None:
@@ -162,6 +169,8 @@ def test_markdown_shows_the_json_numbers(bench: dict) -> None:
             f"{total['Gain Score']:.2f}",
             f"{total['Quality Score']:.4f}",
             f"{clean['Gain Score']:.2f}",
+            f"{total[SCORE_SHIFT]:.2f}",
+            f"{clean[SCORE_SHIFT]:.2f}",
             f"{total[TIME_RATIO]:.3f}",
         ):
             assert f"| {value} |" in line, (name, value, line)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_bench import write_tiny_dataset
 
+from scripts.benchmarking import score_shift
 from scripts.fidelity_probe import (
-    bias,
     lowpass,
     main,
     make_correction,
@@ -94,8 +94,9 @@ def test_probe_run_writes_a_report(tmp_path: Path, tiny_weights: Path) -> None:
     assert set(results["20"]["none"]["bias_by_attack"]) == {"attack_a", "attack_b"}
 
 
-def test_bias_keeps_the_sign() -> None:
+def test_score_shift_keeps_the_sign_and_skips_nan() -> None:
     def rec(source: float, defended: float) -> object:
         return record("a", "x.png", source, defended, defended, (30.0, 0.9))
 
-    assert bias([rec(10.0, 12.0), rec(10.0, 9.0)]) == pytest.approx(5.0)
+    assert score_shift([rec(10.0, 12.0), rec(10.0, 9.0)]) == pytest.approx(5.0)
+    assert score_shift([rec(10.0, 9.0), rec(10.0, float("nan"))]) == pytest.approx(-10.0)
