@@ -14,6 +14,11 @@ photos, centre crops of 384 px, 7 attacks from different families; never the pub
 clean-input Gain and its time ratio; the objective is documented in ``scripts/tuning.py``
 (minimise attacked + clean Gain under the budget, Quality >= undefended Quality).
 
+``--also METRIC DIR`` (repeatable) adds a panel: the same knobs are also scored by METRIC (a
+stand-in folder or a ``p1q2.pth``) on a tuning set attacked against it in DIR (built like the
+first unless ``--no-build``), and the figures, the objective and the Quality floor are
+averaged over the panels, so the knobs suit more than the one metric they were tuned on.
+
 Writes the chosen knobs to ``--output`` (default ``purifier/defaults.json``, the flat object
 ``purifier.config`` reads), the tuning record (set, objective, figures, baselines, command)
 beside it as ``defaults.provenance.json``, every trial to ``OUTPUT_DIR/trials.json`` and a
@@ -37,6 +42,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
+from model import MetricModel  # noqa: E402
 from paths import ROOT, default_data_dir  # noqa: E402
 from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
 from purifier.config import DEFAULTS_FILE  # noqa: E402
@@ -63,6 +69,8 @@ from scripts.tuning import (  # noqa: E402
     check_not_public,
     choose,
     figures,
+    mean_figures,
+    panel_name,
     parse_space,
     write_defaults,
 )
@@ -107,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--checkpoint-dir", type=Path, default=ROOT, help="folder with p1q2.pth")
+    parser.add_argument(
+        "--also",
+        nargs=2,
+        action="append",
+        type=Path,
+        default=[],
+        metavar=("METRIC", "DIR"),
+        help="another panel: a metric (stand-in folder or p1q2.pth) and its tuning set folder",
+    )
     parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
     parser.add_argument("--output", type=Path, default=DEFAULTS_FILE, help="defaults file")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
@@ -147,39 +164,54 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     weights = resolve_weights(args.weights, defense.WEIGHTS_DIR)
     data = args.data or default_data_dir()
     metric = harness.load_metric(args.checkpoint_dir, device)
-    if not args.no_build:
-        build_tuning_set(
-            data / "clean" / "train",
-            args.tuning_dir,
-            metric,
-            images=_names(args.images),
-            attacks=_names(args.attacks),
-            crop=args.crop,
-            seed=TUNING_SEED,
-            device=device,
-            progress=not args.no_progress,
-        )
-    pairs = select_pairs(harness.collect_pairs(args.tuning_dir), args.limit)
-    check_not_public(pairs, data / "clean" / "eval")
-    linearity = linearity_seconds(
-        {image_hw(p.attacked) for p in pairs}, reference_model(), args.linearity_repeats, device
-    )
+    panels = [(metric, args.tuning_dir)]
+    for metric_path, tuning_dir in args.also:
+        if not metric_path.exists():
+            raise ValueError(f"--also: no metric at {metric_path}")
+        panels.append((MetricModel(device, metric_path).eval(), tuning_dir))
+    panel_pairs = []
+    for panel_metric, tuning_dir in panels:
+        if not args.no_build:
+            build_tuning_set(
+                data / "clean" / "train",
+                tuning_dir,
+                panel_metric,
+                images=_names(args.images),
+                attacks=_names(args.attacks),
+                crop=args.crop,
+                seed=TUNING_SEED,
+                device=device,
+                progress=not args.no_progress,
+            )
+        chosen = select_pairs(harness.collect_pairs(tuning_dir), args.limit)
+        check_not_public(chosen, data / "clean" / "eval")
+        panel_pairs.append(chosen)
+    pairs = panel_pairs[0]
+    sizes = {image_hw(p.attacked) for chosen in panel_pairs for p in chosen}
+    linearity = linearity_seconds(sizes, reference_model(), args.linearity_repeats, device)
 
     baselines = {}
     for name in ("none", *CLASSICAL):
-        run = run_defense(
-            name,
-            build_defense(name, device),
-            pairs,
-            metric,
-            linearity,
-            batch_size=args.batch_size,
-            device=device,
-            progress=False,
-        )
-        baselines[name] = figures(run)
+        per_panel = {
+            panel_name(panel_metric, i): figures(
+                run_defense(
+                    name,
+                    build_defense(name, device),
+                    chosen,
+                    panel_metric,
+                    linearity,
+                    batch_size=args.batch_size,
+                    device=device,
+                    progress=False,
+                )
+            )
+            for i, ((panel_metric, _), chosen) in enumerate(zip(panels, panel_pairs, strict=True))
+        }
+        baselines[name] = mean_figures(per_panel)
+        if len(panels) > 1:
+            baselines[name]["panels"] = per_panel
     min_quality = baselines["none"]["quality"]
-    logger.info("undefended Quality on the tuning set: %.4f", min_quality)
+    logger.info("undefended Quality on the tuning set(s): %.4f", min_quality)
 
     def make(config: PurifierConfig):
         return defense.Defense(device, config=config, weights=weights, seed=args.seed)
@@ -190,6 +222,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         linearity,
         make,
         budget=args.budget,
+        extra=[(chosen, m) for (m, _), chosen in zip(panels[1:], panel_pairs[1:], strict=True)],
         batch_size=args.batch_size,
         device=device,
         progress=not args.no_progress,
@@ -245,6 +278,14 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         },
         "linearity_seconds": {f"{h}x{w}": s for (h, w), s in sorted(linearity.items())},
         "metric": getattr(metric, "name", type(metric).__name__),
+        "panels": [
+            {
+                "metric": panel_name(m, i),
+                "tuning_dir": str(d),
+                "pairs": len(chosen),
+            }
+            for i, ((m, d), chosen) in enumerate(zip(panels, panel_pairs, strict=True))
+        ],
         "weights": str(weights),
         "seed": args.seed,
         "command": shlex.join(

@@ -16,6 +16,13 @@ Lagrangian relaxation), so the tuner does not buy a lower Gain on the tuning met
 heavier smoothing; the shortfall is recorded. (Without it the tuner chose t*=120, which a second
 metric, never used for tuning, scored worse than t*=60: heavy smoothing is what a metric other
 than the tuning one punishes.)
+
+Several metrics: ``Tuner(..., extra=[(pairs, metric), ...])`` scores every configuration on
+each (tuning set, metric) panel as well, and a trial's figures, its objective and the Quality
+floor are the means over the panels (``Trial.panels`` keeps each panel's figures). Knobs
+chosen on one metric fit that metric's taste; a metric that punishes smoothing more would
+have chosen differently, so averaging over differently trained metrics tunes for the metric
+the defense will meet, not for the one it was tuned on.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +242,7 @@ class Trial:
     time_ratio: float = math.nan
     estimated_ratio: float | None = None
     skipped: bool = False
+    panels: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def objective(self) -> float:
@@ -256,6 +264,14 @@ def figures(run: DefenseRun) -> dict[str, float]:
         "clean_quality": clean["Quality Score"],
         "time_ratio": total[TIME_RATIO],
     }
+
+
+def mean_figures(per_panel: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The mean of each figure over panels (``{panel: figures}``, all with the same keys)."""
+    if not per_panel:
+        raise ValueError("no panel figures to average")
+    rows = list(per_panel.values())
+    return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
 
 
 def choose(trials: Iterable[Trial], budget: float, min_quality: float) -> tuple[Trial, bool]:
@@ -313,6 +329,7 @@ class Tuner:
         make_defense: Callable[[PurifierConfig], Any],
         *,
         budget: float,
+        extra: Sequence[tuple[Sequence[Any], Callable[[torch.Tensor], torch.Tensor]]] = (),
         batch_size: int = 1,
         device: str | torch.device = "cpu",
         progress: bool = True,
@@ -321,6 +338,7 @@ class Tuner:
             raise ValueError(f"budget must be > 0 Linearity forwards, got {budget}")
         self.pairs = list(pairs)
         self.metric = metric
+        self.panels = [(list(pairs), metric), *((list(p), m) for p, m in extra)]
         self.linearity = linearity
         self.make_defense = make_defense
         self.budget = budget
@@ -347,17 +365,27 @@ class Tuner:
             trial = Trial(config, estimated_ratio=estimate, skipped=True)
             logger.info("skip %s: estimated %.2fx > %.2fx", config, estimate, self.budget)
         else:
-            run = run_defense(
-                "ddpm",
-                self.make_defense(config),
-                self.pairs,
-                self.metric,
-                self.linearity,
-                batch_size=self.batch_size,
-                device=self.device,
-                progress=False,
+            per_panel = {
+                panel_name(metric, i): figures(
+                    run_defense(
+                        "ddpm",
+                        self.make_defense(config),
+                        pairs,
+                        metric,
+                        self.linearity,
+                        batch_size=self.batch_size,
+                        device=self.device,
+                        progress=False,
+                    )
+                )
+                for i, (pairs, metric) in enumerate(self.panels)
+            }
+            trial = Trial(
+                config,
+                estimated_ratio=estimate,
+                panels=per_panel if len(per_panel) > 1 else {},
+                **mean_figures(per_panel),
             )
-            trial = Trial(config, estimated_ratio=estimate, **figures(run))
             self.bar.set_postfix_str(
                 f"t*={config.t_star} steps={config.steps} gain={trial.gain:.2f} "
                 f"Q={trial.quality:.3f} time={trial.time_ratio:.2f}x"
@@ -415,6 +443,11 @@ class Tuner:
 
 
 # --- writing the defaults -----------------------------------------------------------------
+
+
+def panel_name(metric: Any, index: int) -> str:
+    """``"<index>:<metric name>"``, the key of one panel's figures."""
+    return f"{index}:{getattr(metric, 'name', type(metric).__name__)}"
 
 
 def provenance_path(defaults_path: str | Path) -> Path:

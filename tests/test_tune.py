@@ -31,12 +31,14 @@ from scripts.tuning import (
     check_not_public,
     choose,
     grid_candidates,
+    mean_figures,
     normalise,
     pareto_front,
     parse_space,
     provenance_path,
     write_defaults,
 )
+from tests.conftest import write_tiny_standin
 
 REAL_DEFAULTS = purifier.config.DEFAULTS_FILE
 
@@ -176,6 +178,47 @@ def test_tuner_respects_the_budget_and_skips_configs_estimated_over_it(tmp_path:
     tuner.close()
 
 
+class BrightMetric(torch.nn.Module):
+    """Scores 100 x mean brightness: a second toy metric with another taste."""
+
+    name = "bright"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 100 * x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def test_tuner_averages_the_figures_of_its_panels(tmp_path: Path) -> None:
+    pairs = harness.collect_pairs(write_tiny_dataset(tmp_path / "d"))
+    linearity = {(32, 32): SleepyDefense.UNIT}
+    config = PurifierConfig(t_star=100, steps=1)
+    alone = {}
+    for metric in (ToyMetric(), BrightMetric()):
+        tuner = Tuner(pairs, metric, linearity, SleepyDefense, budget=9, progress=False)
+        alone[metric.name] = tuner.trial(config)
+        assert alone[metric.name].panels == {}  # one panel: nothing extra recorded
+    both = Tuner(
+        pairs, ToyMetric(), linearity, SleepyDefense, budget=9, extra=[(pairs, BrightMetric())],
+        progress=False,
+    ).trial(config)  # fmt: skip
+    assert list(both.panels) == ["0:toy", "1:bright"]
+    for key in ("gain", "quality", "clean_gain"):
+        want = (getattr(alone["toy"], key) + getattr(alone["bright"], key)) / 2
+        assert getattr(both, key) == pytest.approx(want)
+        assert both.panels["1:bright"][key] == pytest.approx(getattr(alone["bright"], key))
+    # darkening by 10 % lowers the brightness score by exactly 10 % on every image
+    assert alone["bright"].clean_gain == pytest.approx(10.0)
+    assert both.objective == pytest.approx(both.gain + both.clean_gain)
+
+
+def test_mean_figures() -> None:
+    assert mean_figures({"a": {"gain": 1.0, "q": 0.5}, "b": {"gain": 3.0, "q": 0.7}}) == {
+        "gain": 2.0,
+        "q": pytest.approx(0.6),
+    }
+    with pytest.raises(ValueError, match="no panel"):
+        mean_figures({})
+
+
 def test_tuner_rejects_a_bad_budget(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="budget must be > 0"):
         Tuner([], ToyMetric(), {}, SleepyDefense, budget=0, progress=False)
@@ -276,6 +319,26 @@ def test_cli_writes_a_valid_defaults_file(cli_env: dict) -> None:
     best = min(good or trials, key=lambda t: (t["objective"], -t["quality"], t["time_ratio"]))
     assert best["config"] == chosen.to_dict()
     assert record["quality_floor_met"] == bool(good)
+
+
+def test_cli_also_scores_a_second_panel(cli_env: dict) -> None:
+    tmp = cli_env["tmp"]
+    metric = write_tiny_standin(tmp / "standin-other", bias=40.0)
+    argv = [*cli_env["argv"], "--budget", "1e6", "--no-plot", "--dry-run"]
+    argv += ["--also", str(metric), str(tmp / "tuning"), "--max-trials", "2"]
+    assert tune_cli.main(argv) == 0
+    trials = json.loads((tmp / "run" / "trials.json").read_text())
+    assert len(trials) == 2
+    for trial in trials:
+        assert list(trial["panels"]) == ["0:toy", "1:standin-other"]
+        gains = [panel["gain"] for panel in trial["panels"].values()]
+        assert trial["gain"] == pytest.approx(sum(gains) / 2)
+
+
+def test_cli_rejects_a_missing_panel_metric(cli_env: dict) -> None:
+    argv = [*cli_env["argv"], "--also", "/nonexistent/metric", str(cli_env["tmp"] / "tuning")]
+    with pytest.raises(SystemExit, match="no metric at"):
+        tune_cli.main(argv)
 
 
 def test_cli_grid_search_dry_run_and_pareto_plot(cli_env: dict) -> None:
