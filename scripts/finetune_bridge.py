@@ -64,6 +64,7 @@ from model import MetricModel  # noqa: E402
 from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
 from purifier import newest_release  # noqa: E402
 from schedulers import make_scheduler  # noqa: E402
+from scripts.benchmarking import json_ready  # noqa: E402
 from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
@@ -293,15 +294,6 @@ def validation_set(
     return clean.repeat(len(attacks), 1, 1, 1), torch.cat(attacked), labels
 
 
-def plain(value: Any) -> Any:
-    """``value`` for a JSON manifest: paths (also inside lists) as strings."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
 def load_metrics(device: torch.device | str, paths: list[Path] | None) -> list[MetricModel]:
     """Frozen ``MetricModel``s of ``paths`` (default: the one default metric), in order."""
     metrics = []
@@ -440,7 +432,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
                 "options": {
-                    k: plain(v)
+                    k: json_ready(v)
                     for k, v in vars(args).items()
                     if k not in ("output", "run_dir", "resume")
                 },

@@ -54,7 +54,6 @@ from scripts.benchmarking import (  # noqa: E402
     json_ready,
     linearity_seconds,
     machine_info,
-    run_defense,
     select_pairs,
 )
 from scripts.tuning import (  # noqa: E402
@@ -68,8 +67,8 @@ from scripts.tuning import (  # noqa: E402
     build_tuning_set,
     check_not_public,
     choose,
-    figures,
     mean_figures,
+    panel_figures,
     panel_name,
     parse_space,
     write_defaults,
@@ -190,23 +189,17 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     sizes = {image_hw(p.attacked) for chosen in panel_pairs for p in chosen}
     linearity = linearity_seconds(sizes, reference_model(), args.linearity_repeats, device)
 
+    scored = [(chosen, m) for (m, _), chosen in zip(panels, panel_pairs, strict=True)]
     baselines = {}
     for name in ("none", *CLASSICAL):
-        per_panel = {
-            panel_name(panel_metric, i): figures(
-                run_defense(
-                    name,
-                    build_defense(name, device),
-                    chosen,
-                    panel_metric,
-                    linearity,
-                    batch_size=args.batch_size,
-                    device=device,
-                    progress=False,
-                )
-            )
-            for i, ((panel_metric, _), chosen) in enumerate(zip(panels, panel_pairs, strict=True))
-        }
+        per_panel = panel_figures(
+            name,
+            lambda name=name: build_defense(name, device),
+            scored,
+            linearity,
+            batch_size=args.batch_size,
+            device=device,
+        )
         baselines[name] = mean_figures(per_panel)
         if len(panels) > 1:
             baselines[name]["panels"] = per_panel
@@ -222,7 +215,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         linearity,
         make,
         budget=args.budget,
-        extra=[(chosen, m) for (m, _), chosen in zip(panels[1:], panel_pairs[1:], strict=True)],
+        extra=scored[1:],
         batch_size=args.batch_size,
         device=device,
         progress=not args.no_progress,

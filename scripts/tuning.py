@@ -336,8 +336,6 @@ class Tuner:
     ) -> None:
         if not budget > 0:
             raise ValueError(f"budget must be > 0 Linearity forwards, got {budget}")
-        self.pairs = list(pairs)
-        self.metric = metric
         self.panels = [(list(pairs), metric), *((list(p), m) for p, m in extra)]
         self.linearity = linearity
         self.make_defense = make_defense
@@ -365,21 +363,14 @@ class Tuner:
             trial = Trial(config, estimated_ratio=estimate, skipped=True)
             logger.info("skip %s: estimated %.2fx > %.2fx", config, estimate, self.budget)
         else:
-            per_panel = {
-                panel_name(metric, i): figures(
-                    run_defense(
-                        "ddpm",
-                        self.make_defense(config),
-                        pairs,
-                        metric,
-                        self.linearity,
-                        batch_size=self.batch_size,
-                        device=self.device,
-                        progress=False,
-                    )
-                )
-                for i, (pairs, metric) in enumerate(self.panels)
-            }
+            per_panel = panel_figures(
+                "ddpm",
+                lambda: self.make_defense(config),
+                self.panels,
+                self.linearity,
+                batch_size=self.batch_size,
+                device=self.device,
+            )
             trial = Trial(
                 config,
                 estimated_ratio=estimate,
@@ -448,6 +439,35 @@ class Tuner:
 def panel_name(metric: Any, index: int) -> str:
     """``"<index>:<metric name>"``, the key of one panel's figures."""
     return f"{index}:{getattr(metric, 'name', type(metric).__name__)}"
+
+
+def panel_figures(
+    name: str,
+    make_defense: Callable[[], Any],
+    panels: Sequence[tuple[Sequence[Any], Callable[[torch.Tensor], torch.Tensor]]],
+    linearity: Mapping[tuple[int, int], float],
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, float]]:
+    """The tuner's ``figures`` of one defense on every ``(pairs, metric)`` panel, keyed by
+    ``panel_name``; ``make_defense()`` builds a fresh defense per panel (a seeded one draws
+    the same noise on each)."""
+    return {
+        panel_name(metric, i): figures(
+            run_defense(
+                name,
+                make_defense(),
+                pairs,
+                metric,
+                linearity,
+                batch_size=batch_size,
+                device=device,
+                progress=False,
+            )
+        )
+        for i, (pairs, metric) in enumerate(panels)
+    }
 
 
 def provenance_path(defaults_path: str | Path) -> Path:
