@@ -7,21 +7,39 @@ file unless ``weights`` names another folder.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from purifier import (
     DiffusionPurifier,
+    MissingDetectorError,
     PurifierConfig,
     load_default_config,
+    newest_detector,
     resolve_weights,
 )
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_TILE = 2048
 """Images with a side above this are purified in overlapping tiles of at most this size."""
 TILE_OVERLAP = 32
+
+
+def resolve_detector(weights: Path, weights_dir: Path) -> Path:
+    """The newest released ``detector-v<N>`` beside the denoiser folder ``weights``, else the
+    newest in ``weights_dir`` (logged); ``MissingDetectorError`` if neither has one."""
+    try:
+        return newest_detector(weights.parent)
+    except MissingDetectorError:
+        if weights.parent.resolve() == Path(weights_dir).resolve():
+            raise
+    detector = newest_detector(weights_dir)
+    logger.info("no detector beside %s; using %s", weights, detector)
+    return detector
 
 
 class Defense:
@@ -49,8 +67,9 @@ class Defense:
         weights: denoiser folder; None picks the newest released ``weights/ddpm-v<N>``
             (``purifier.MissingWeightsError`` if there is none).
         detector: perturbation-detector folder used when ``gate > 0`` or ``t_star_max > 0``
-            (the knobs' ``uses_detector``); None picks the newest
-            released ``weights/detector-v<N>``.
+            (the knobs' ``uses_detector``); None picks the newest released
+            ``detector-v<N>`` beside the weights folder, else the newest in ``weights/``
+            (so a fine-tuned folder anywhere works with the shipped detector).
         config: a whole ``PurifierConfig`` to start from instead of the defaults.
         tile: largest side processed whole (default ``DEFAULT_TILE``); None never tiles.
 
@@ -100,6 +119,8 @@ class Defense:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.weights = resolve_weights(weights, WEIGHTS_DIR)
+        if detector is None and self.config.uses_detector:
+            detector = resolve_detector(self.weights, WEIGHTS_DIR)
         self.purifier = DiffusionPurifier.from_pretrained(
             self.weights, self.device, self.config, seed, detector
         )

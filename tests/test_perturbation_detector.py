@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from defense import Defense
+import defense as defense_module
+from defense import Defense, resolve_detector
 from image_io import save_image
 from purifier import (
     DiffusionPurifier,
@@ -225,11 +226,28 @@ def test_defense_loads_the_detector_beside_the_weights_or_the_one_named(
     assert out.shape == x.shape and out.dtype == x.dtype
     flags = defense.purifier.flags(x)
     assert torch.equal(out[~flags], x[~flags])
-    alone = write_tiny_release(tmp_path / "weights" / "ddpm-v1")
-    with pytest.raises(MissingDetectorError):
-        Defense("cpu", weights=alone, gate=0.5)  # no detector-v<N> beside the weights
     beside = Defense("cpu", weights=tiny_weights, gate=0.5)  # conftest's flag-all detector
     assert bool(beside.purifier.flags(x).all())
+
+
+def test_defense_falls_back_to_the_shipped_detector(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a fine-tuned folder outside weights/ with no detector beside it: the shipped one is used
+    alone = write_tiny_release(tmp_path / "runs" / "ddpm-mine")
+    monkeypatch.setattr(defense_module, "WEIGHTS_DIR", tiny_weights.parent)
+    assert resolve_detector(alone, tiny_weights.parent) == tiny_weights.parent / "detector-v1"
+    fallback = Defense("cpu", weights=alone, gate=0.5)
+    assert bool(fallback.purifier.flags(images(2, 20)).all())  # the flag-all detector
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(defense_module, "WEIGHTS_DIR", empty)
+    with pytest.raises(MissingDetectorError, match="train_detector.py"):
+        Defense("cpu", weights=alone, gate=0.5)  # none beside, none shipped
+    shipped = write_tiny_release(empty / "ddpm-v1")
+    with pytest.raises(MissingDetectorError):
+        resolve_detector(shipped, empty)  # beside is the shipped folder: no second search
+    Defense("cpu", weights=alone, gate=0.0, t_star_max=0)  # knobs without a detector: not needed
 
 
 def test_defense_gate_under_no_grad_and_with_gradients(
