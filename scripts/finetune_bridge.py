@@ -66,6 +66,7 @@ from purifier import newest_release  # noqa: E402
 from schedulers import make_scheduler  # noqa: E402
 from scripts.benchmarking import json_ready  # noqa: E402
 from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
+from scripts.leak_probe import leaks  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
     centre_crops,
@@ -259,23 +260,31 @@ class Validation:
             self.undefended = gain(metric(attacked), self.reference)
 
     def __call__(self, model: PixelUnshuffleUNet, scheduler_config: dict) -> dict[str, float]:
-        """Gain (%) of purified attacked and clean crops, and PSNR (dB) of purified vs clean."""
+        """Gain (%) of purified attacked and clean crops, PSNR (dB) of purified vs clean, and
+        the leak (``scripts.leak_probe.leaks``: both passes draw the same noise), overall and
+        per attack."""
         scheduler, timesteps = make_scheduler(
             "ddpm", VALIDATION_T_STAR, VALIDATION_STEPS, "uniform", scheduler_config
         )
         results = {"undefended_gain": round(self.undefended, 3)}
+        outputs = {}
         with torch.no_grad():
             for key, images in (("gain", self.attacked), ("clean_gain", self.clean)):
                 generator = torch.Generator().manual_seed(self.seed)
-                out = run_purification(images, model, scheduler, timesteps, generator)
-                per_image = gains(self.metric(out), self.reference)
+                outputs[key] = run_purification(images, model, scheduler, timesteps, generator)
+                per_image = gains(self.metric(outputs[key]), self.reference)
                 results[key] = round(float(per_image.mean()), 3)
                 if key == "gain":
-                    mse = (out - self.clean).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+                    mse = (outputs[key] - self.clean).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
                     results["psnr"] = round(float((-10 * mse.log10()).mean()), 3)
                     for label in dict.fromkeys(self.labels):
                         rows = torch.tensor([name == label for name in self.labels])
                         results[f"gain/{label}"] = round(float(per_image[rows].mean()), 3)
+        per_leak = leaks(outputs["gain"], outputs["clean_gain"], self.attacked, self.clean)
+        results["leak"] = round(float(per_leak.nanmean()), 4)
+        for label in dict.fromkeys(self.labels):
+            rows = torch.tensor([name == label for name in self.labels])
+            results[f"leak/{label}"] = round(float(per_leak[rows].nanmean()), 4)
         return results
 
 

@@ -46,6 +46,20 @@ FIGURES = ("leak", "residue", "hf_share")
 ALL = "All Attacks"
 
 
+def leaks(
+    purified_attacked: torch.Tensor,
+    purified_reference: torch.Tensor,
+    attacked: torch.Tensor,
+    reference: torch.Tensor,
+) -> torch.Tensor:
+    """``(B,)`` float64: each image's ``leak`` (module doc), from four ``(B, 3, H, W)`` tensors
+    in [0, 1] purified with common noise; NaN where an attacked image equals its reference."""
+    perturbation = (attacked - reference).double().flatten(1)
+    residue = (purified_attacked - purified_reference).double().flatten(1)
+    energy = perturbation.pow(2).sum(1)
+    return torch.where(energy > 0, (residue * perturbation).sum(1) / energy, torch.nan)
+
+
 def leak_figures(
     purified_attacked: torch.Tensor,
     purified_reference: torch.Tensor,
@@ -66,7 +80,7 @@ def leak_figures(
     residue_energy = float(residue.pow(2).sum())
     fine = residue - lowpass(residue, 4)
     return {
-        "leak": float((residue * perturbation).sum()) / energy,
+        "leak": float(leaks(purified_attacked, purified_reference, attacked, reference)[0]),
         "residue": (residue_energy / energy) ** 0.5,
         "hf_share": float(fine.pow(2).sum()) / residue_energy if residue_energy > 0 else 0.0,
     }

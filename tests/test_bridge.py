@@ -212,10 +212,13 @@ def test_finetune_bridge_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert training["steps"] == 2 and training["attacks"] == ["ifgsm", "uap"]
     validation = training["validation"]
     expected = {"undefended_gain", "gain", "clean_gain", "psnr", "gain/ifgsm", "gain/fgsm"}
+    expected |= {"leak", "leak/ifgsm", "leak/fgsm"}
     assert set(validation) == expected
     # equal-sized groups: the overall Gain is the mean of the per-attack Gains (3 decimals)
     per_attack = (validation["gain/ifgsm"] + validation["gain/fgsm"]) / 2
     assert validation["gain"] == pytest.approx(per_attack, abs=2e-3)
+    leak_per_attack = (validation["leak/ifgsm"] + validation["leak/fgsm"]) / 2
+    assert validation["leak"] == pytest.approx(leak_per_attack, abs=2e-4)
     # the starting weights were scored on the same crops before training
     assert set(training["init_validation"]) == expected
     assert training["init_validation"]["undefended_gain"] == validation["undefended_gain"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_bench import write_tiny_dataset
 
-from scripts.leak_probe import ALL, leak_figures, main, parse_args, summarise
+from scripts.leak_probe import ALL, leak_figures, leaks, main, parse_args, summarise
 
 
 def pair(seed: int = 0, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,6 +55,17 @@ def test_a_checkerboard_residue_is_all_fine_detail() -> None:
     out_r = torch.full_like(reference, 0.5)
     figures = leak_figures(out_r + 0.01 * checker, out_r, attacked, reference)
     assert figures["hf_share"] == pytest.approx(1.0)
+
+
+def test_batched_leaks_match_one_image_at_a_time() -> None:
+    (r0, a0), (r1, a1) = pair(3), pair(4)
+    reference, attacked = torch.cat([r0, r1, r1]), torch.cat([a0, a1, r1])  # row 2: no attack
+    out_r = reference * 0.8
+    out_a = out_r + torch.tensor([0.25, 0.75, 0.5]).view(3, 1, 1, 1) * (attacked - reference)
+    batch = leaks(out_a, out_r, attacked, reference)
+    assert batch[:2].tolist() == pytest.approx([0.25, 0.75]) and bool(batch[2].isnan())
+    single = leak_figures(out_a[1:2], out_r[1:2], attacked[1:2], reference[1:2])
+    assert single["leak"] == pytest.approx(float(batch[1]))
 
 
 def test_bad_inputs_raise() -> None:
