@@ -7,39 +7,22 @@ file unless ``weights`` names another folder.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
 from purifier import (
     DiffusionPurifier,
-    MissingDetectorError,
     PurifierConfig,
     load_default_config,
-    newest_detector,
+    resolve_detector,
     resolve_weights,
 )
-
-logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_TILE = 2048
 """Images with a side above this are purified in overlapping tiles of at most this size."""
 TILE_OVERLAP = 32
-
-
-def resolve_detector(weights: Path, weights_dir: Path) -> Path:
-    """The newest released ``detector-v<N>`` beside the denoiser folder ``weights``, else the
-    newest in ``weights_dir`` (logged); ``MissingDetectorError`` if neither has one."""
-    try:
-        return newest_detector(weights.parent)
-    except MissingDetectorError:
-        if weights.parent.resolve() == Path(weights_dir).resolve():
-            raise
-    detector = newest_detector(weights_dir)
-    logger.info("no detector beside %s; using %s", weights, detector)
-    return detector
 
 
 class Defense:
@@ -119,8 +102,8 @@ class Defense:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
         self.weights = resolve_weights(weights, WEIGHTS_DIR)
-        if detector is None and self.config.uses_detector:
-            detector = resolve_detector(self.weights, WEIGHTS_DIR)
+        if self.config.uses_detector:
+            detector = resolve_detector(detector, self.weights, WEIGHTS_DIR)
         self.purifier = DiffusionPurifier.from_pretrained(
             self.weights, self.device, self.config, seed, detector
         )

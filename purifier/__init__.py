@@ -9,6 +9,7 @@ from purifier.perturbation_detector import (
     PerturbationDetector,
     load_detector,
     newest_detector,
+    resolve_detector,
 )
 from purifier.tiling import tiled_apply
 from purifier.weights import MissingWeightsError, newest_release, resolve_weights
@@ -24,6 +25,7 @@ __all__ = [
     "load_detector",
     "newest_detector",
     "newest_release",
+    "resolve_detector",
     "resolve_weights",
     "tiled_apply",
 ]

@@ -179,3 +179,22 @@ def newest_detector(weights_dir: str | Path) -> Path:
             f"{WITHOUT_DETECTOR}"
         )
     return newest
+
+
+def resolve_detector(
+    detector: str | Path | None, weights: str | Path, weights_dir: str | Path
+) -> Path:
+    """``detector`` if given, else the newest released ``detector-v<N>`` beside the denoiser
+    folder ``weights``, else the newest in ``weights_dir`` (the shipped one; logged), as
+    ``resolve_weights`` picks the denoiser. ``MissingDetectorError`` if neither has one."""
+    if detector is not None:
+        return Path(detector)
+    beside = Path(weights).parent
+    try:
+        return newest_detector(beside)
+    except MissingDetectorError:
+        if beside.resolve() == Path(weights_dir).resolve():
+            raise
+    shipped = newest_detector(weights_dir)
+    logger.info("no detector beside %s; using %s", weights, shipped)
+    return shipped

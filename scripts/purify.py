@@ -48,6 +48,7 @@ from purifier import (  # noqa: E402
     MissingDetectorError,
     MissingWeightsError,
     PurifierConfig,
+    resolve_detector,
     resolve_weights,
 )
 from purifier.config import config_from_options  # noqa: E402
@@ -122,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="perturbation-detector folder for --gate and --t-star-max "
-        "(default: newest weights/detector-v*)",
+        "(default: the newest detector-v* beside --weights, else weights/detector-v*)",
     )
     parser.add_argument("--tile", type=int, default=512, help="tile side in px; 0 disables tiling")
     parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")
@@ -157,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_folder(args.input_dir, args.output_dir, args.keep_format, args.overwrite)
             weights = resolve_weights(args.weights, WEIGHTS_DIR)
             device = process_device(state, args.device)
+            detector = (
+                resolve_detector(args.detector, weights, WEIGHTS_DIR)
+                if config.uses_detector
+                else None
+            )
             purifier = DiffusionPurifier.from_pretrained(
-                weights, device, config, args.seed, args.detector
+                weights, device, config, args.seed, detector
             )
         except (ValueError, MissingWeightsError, MissingDetectorError) as err:
             logger.error("%s", err)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import defense as defense_module
-from defense import Defense, resolve_detector
+from defense import Defense
 from image_io import save_image
 from purifier import (
     DiffusionPurifier,
@@ -19,6 +19,7 @@ from purifier import (
     PurifierConfig,
     load_detector,
     newest_detector,
+    resolve_detector,
 )
 from purifier.perturbation_detector import high_pass, save_detector
 from scripts import purify as purify_cli
@@ -236,9 +237,14 @@ def test_defense_falls_back_to_the_shipped_detector(
     # a fine-tuned folder outside weights/ with no detector beside it: the shipped one is used
     alone = write_tiny_release(tmp_path / "runs" / "ddpm-mine")
     monkeypatch.setattr(defense_module, "WEIGHTS_DIR", tiny_weights.parent)
-    assert resolve_detector(alone, tiny_weights.parent) == tiny_weights.parent / "detector-v1"
+    assert resolve_detector(None, alone, tiny_weights.parent) == tiny_weights.parent / "detector-v1"
     fallback = Defense("cpu", weights=alone, gate=0.5)
     assert bool(fallback.purifier.flags(images(2, 20)).all())  # the flag-all detector
+    monkeypatch.setattr(purify_cli, "WEIGHTS_DIR", tiny_weights.parent)  # purify: the same
+    save_image(images(1, 8)[0], tmp_path / "in" / "a.png")
+    argv = [str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(alone), "--gate", "1"]
+    assert purify_cli.main(argv) == 0
+    assert resolve_detector("named", alone, tiny_weights.parent) == Path("named")
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setattr(defense_module, "WEIGHTS_DIR", empty)
@@ -246,7 +252,7 @@ def test_defense_falls_back_to_the_shipped_detector(
         Defense("cpu", weights=alone, gate=0.5)  # none beside, none shipped
     shipped = write_tiny_release(empty / "ddpm-v1")
     with pytest.raises(MissingDetectorError):
-        resolve_detector(shipped, empty)  # beside is the shipped folder: no second search
+        resolve_detector(None, shipped, empty)  # beside is the shipped folder: no second search
     Defense("cpu", weights=alone, gate=0.0, t_star_max=0)  # knobs without a detector: not needed
 
 
@@ -262,10 +268,14 @@ def test_defense_gate_under_no_grad_and_with_gradients(
 
 
 def test_purify_cli_reports_a_missing_detector(
-    tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_weights: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     save_image(images(1, 8)[0], tmp_path / "in" / "a.png")
     alone = write_tiny_release(tmp_path / "weights" / "ddpm-v1")  # no detector beside it
+    monkeypatch.setattr(purify_cli, "WEIGHTS_DIR", tmp_path / "weights")  # nor a shipped one
     argv = [str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(alone)]
     assert purify_cli.main([*argv, "--gate", "1"]) == 2
     assert "no released detector" in caplog.text
