@@ -254,7 +254,10 @@ class Validation:
         if len(labels) != len(attacked):
             raise ValueError(f"{len(labels)} labels for {len(attacked)} attacked crops")
         self.metric, self.clean, self.attacked, self.seed = metric, clean, attacked, seed
-        self.labels = labels
+        self.rows = {
+            label: torch.tensor([name == label for name in labels])
+            for label in dict.fromkeys(labels)
+        }  # each attack's crops, in the order the attacks come
         with torch.no_grad():
             self.reference = metric(clean)
             self.undefended = gain(metric(attacked), self.reference)
@@ -277,13 +280,11 @@ class Validation:
                 if key == "gain":
                     mse = (outputs[key] - self.clean).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
                     results["psnr"] = round(float((-10 * mse.log10()).mean()), 3)
-                    for label in dict.fromkeys(self.labels):
-                        rows = torch.tensor([name == label for name in self.labels])
+                    for label, rows in self.rows.items():
                         results[f"gain/{label}"] = round(float(per_image[rows].mean()), 3)
         per_leak = leaks(outputs["gain"], outputs["clean_gain"], self.attacked, self.clean)
         results["leak"] = round(float(per_leak.nanmean()), 4)
-        for label in dict.fromkeys(self.labels):
-            rows = torch.tensor([name == label for name in self.labels])
+        for label, rows in self.rows.items():
             results[f"leak/{label}"] = round(float(per_leak[rows].nanmean()), 4)
         return results
 
