@@ -36,6 +36,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -245,7 +246,6 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
             baselines=baselines,
         )
         print(f"wrote {pareto}")
-    settings = args.tuning_dir / "attacks.json"
     provenance = {
         "defaults": best.config.to_dict(),
         "objective": OBJECTIVE,
@@ -254,13 +254,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         "quality_floor_met": quality_met,
         "figures": best.to_dict(),
         "baselines": baselines,
-        "tuning_set": {
-            "dir": str(args.tuning_dir),
-            "references": sorted({p.reference.name for p in pairs}),
-            "attacks": sorted({p.attack for p in pairs}),
-            "pairs": len(pairs),
-            "make_dataset": json.loads(settings.read_text()) if settings.is_file() else None,
-        },
+        "tuning_set": describe_tuning_set(args.tuning_dir, pairs),
         "search": {
             "method": args.search,
             "space": {k: list(v) for k, v in space.items()},
@@ -272,11 +266,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         "linearity_seconds": {f"{h}x{w}": s for (h, w), s in sorted(linearity.items())},
         "metric": getattr(metric, "name", type(metric).__name__),
         "panels": [
-            {
-                "metric": panel_name(m, i),
-                "tuning_dir": str(d),
-                "pairs": len(chosen),
-            }
+            {"metric": panel_name(m, i), **describe_tuning_set(d, chosen)}
             for i, ((m, d), chosen) in enumerate(zip(panels, panel_pairs, strict=True))
         ],
         "weights": str(weights),
@@ -288,6 +278,20 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         "machine": machine_info(),
     }
     return provenance
+
+
+def describe_tuning_set(tuning_dir: Path, pairs: Sequence[Any]) -> dict[str, Any]:
+    """What a panel was tuned on, for the provenance record: its folder, the references and
+    attacks of the chosen ``pairs``, and the ``attacks.json`` settings ``make_dataset`` left
+    there (None for a folder it did not make)."""
+    settings = Path(tuning_dir) / "attacks.json"
+    return {
+        "dir": str(tuning_dir),
+        "references": sorted({p.reference.name for p in pairs}),
+        "attacks": sorted({p.attack for p in pairs}),
+        "pairs": len(pairs),
+        "make_dataset": json.loads(settings.read_text()) if settings.is_file() else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -324,8 +325,11 @@ def test_cli_writes_a_valid_defaults_file(cli_env: dict) -> None:
 def test_cli_also_scores_a_second_panel(cli_env: dict) -> None:
     tmp = cli_env["tmp"]
     metric = write_tiny_standin(tmp / "standin-other", bias=40.0)
-    argv = [*cli_env["argv"], "--budget", "1e6", "--no-plot", "--dry-run"]
-    argv += ["--also", str(metric), str(tmp / "tuning"), "--max-trials", "2"]
+    other = write_tiny_dataset(tmp / "tuning-other")
+    for attack in ATTACKS[1:]:
+        shutil.rmtree(other / "attacked" / attack)
+    argv = [*cli_env["argv"], "--budget", "1e6", "--no-plot"]
+    argv += ["--also", str(metric), str(other), "--max-trials", "2"]
     assert tune_cli.main(argv) == 0
     trials = json.loads((tmp / "run" / "trials.json").read_text())
     assert len(trials) == 2
@@ -333,6 +337,14 @@ def test_cli_also_scores_a_second_panel(cli_env: dict) -> None:
         assert list(trial["panels"]) == ["0:toy", "1:standin-other"]
         gains = [panel["gain"] for panel in trial["panels"].values()]
         assert trial["gain"] == pytest.approx(sum(gains) / 2)
+    record = json.loads((tmp / "out" / "defaults.provenance.json").read_text())
+    first, second = record["panels"]
+    assert first == {"metric": "0:toy", **record["tuning_set"]}
+    assert second["metric"] == "1:standin-other"
+    assert second["dir"] == str(other)
+    assert second["attacks"] == list(ATTACKS[:1])
+    assert second["references"] == list(NAMES)
+    assert second["pairs"] == len(NAMES)
 
 
 def test_cli_rejects_a_missing_panel_metric(cli_env: dict) -> None:
