@@ -194,6 +194,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def fixed_level_purifiers(
+    weights: Path, device: str | torch.device, t_stars: Sequence[int]
+) -> dict[int, DiffusionPurifier]:
+    """One purifier per noise level in ``t_stars``: the shipped knobs with the per-image ramp
+    and the gate off, so every image (attacked or clean) is purified from that ``t_star``."""
+    base = load_default_config().replace(t_star_max=0, gate=0.0)
+    return {
+        t: DiffusionPurifier.from_pretrained(weights, device, base.replace(t_star=t))
+        for t in t_stars
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -202,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = select_pairs(harness.collect_pairs(args.data), args.limit)
     items = clean_pairs(pairs) + pairs
     metric = harness.load_metric(ROOT, torch.device(args.device))
-    base = load_default_config().replace(t_star_max=0, gate=0.0)
-    purifiers = {
-        t: DiffusionPurifier.from_pretrained(args.weights, args.device, base.replace(t_star=t))
-        for t in args.t_stars
-    }
+    purifiers = fixed_level_purifiers(args.weights, args.device, args.t_stars)
     records: dict[int, dict[str, list]] = {
         t: {v: [] for v in args.corrections} for t in args.t_stars
     }

@@ -38,9 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atomic_write import write_text_atomic  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
-from purifier import DiffusionPurifier, load_default_config  # noqa: E402
 from scripts.benchmarking import harness, select_pairs  # noqa: E402
-from scripts.fidelity_probe import lowpass  # noqa: E402
+from scripts.fidelity_probe import fixed_level_purifiers, lowpass  # noqa: E402
 
 FIGURES = ("leak", "residue", "hf_share")
 ALL = "All Attacks"
@@ -162,15 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pairs = select_pairs(harness.collect_pairs(args.data), args.limit)
-    base = load_default_config().replace(t_star_max=0, gate=0.0)
     results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     with torch.no_grad():
         for weights in args.weights:
             rows: dict[int, list[tuple[str, dict[str, float]]]] = {t: [] for t in args.t_stars}
-            purifiers = {
-                t: DiffusionPurifier.from_pretrained(weights, args.device, base.replace(t_star=t))
-                for t in args.t_stars
-            }
+            purifiers = fixed_level_purifiers(weights, args.device, args.t_stars)
             bar = tqdm(pairs, desc=f"leak {weights.name}", disable=args.no_progress)
             for index, pair in enumerate(bar):
                 attacked = load_image(pair.attacked).unsqueeze(0).to(args.device)
