@@ -15,7 +15,9 @@ Purification", 2024). With ``delta = 0`` this is the usual epsilon loss.
 Per-sample weights ``min(SNR_t, gamma) / SNR_t`` (Hang et al., "Efficient Diffusion Training via
 Min-SNR Weighting Strategy", ICCV 2023) turn the loss into ``min(SNR_t, gamma) ||x0_hat - x_0||^2``
 so the nearly noise-free steps, where ``delta`` dominates the target, do not swamp the rest.
-Tensors here are in the diffusion range [-1, 1].
+``detail_weight`` adds ``min(SNR_t, gamma) ||highpass(x0_hat - x_0)||^2``, the error finer than
+``detail_block`` pixels weighted once more: the perturbation that survives purification lives
+there (``docs/attack_leak.md``). Tensors here are in the diffusion range [-1, 1].
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
@@ -53,6 +56,15 @@ def min_snr_weights(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
     return snr.clamp(max=gamma) / snr
 
 
+def highpass(images: torch.Tensor, block: int) -> torch.Tensor:
+    """``images`` minus their ``block`` x ``block`` box means (nearest-upsampled back): the
+    detail finer than ``block`` pixels; ``(B, C, H, W)`` -> same shape."""
+    if block < 2:
+        raise ValueError(f"block must be >= 2, got {block}")
+    coarse = F.avg_pool2d(images, block, stride=block, ceil_mode=True)
+    return images - F.interpolate(coarse, size=images.shape[-2:], mode="nearest")
+
+
 def bridge_loss(
     model: nn.Module,
     scheduler: DDPMScheduler,
@@ -61,9 +73,14 @@ def bridge_loss(
     timesteps: torch.Tensor,
     generator: torch.Generator,
     snr_gamma: float = 5.0,
+    detail_weight: float = 0.0,
+    detail_block: int = 4,
 ) -> BridgeOutput:
     """Min-SNR-weighted bridge loss for pairs ``clean``/``attacked`` ``(B, 3, H, W)`` in [-1, 1]
-    noised to ``timesteps`` ``(B,)``; noise drawn from ``generator``."""
+    noised to ``timesteps`` ``(B,)``; noise drawn from ``generator``. ``detail_weight`` > 0
+    adds the weighted error finer than ``detail_block`` pixels (see the module docstring)."""
+    if detail_weight < 0:
+        raise ValueError(f"detail_weight must be >= 0, got {detail_weight}")
     if clean.shape != attacked.shape or clean.dim() != 4:
         raise ValueError(
             f"clean and attacked must be (B, 3, H, W) of one shape, got "
@@ -78,8 +95,14 @@ def bridge_loss(
     noisy = scheduler.add_noise(attacked, noise, timesteps)
     predicted = model(noisy, timesteps).float()
     target = bridge_epsilon_target(noise.float(), clean.float(), attacked.float(), alpha_bar)
+    weights = min_snr_weights(alpha_bar, snr_gamma)
     per_sample = (predicted - target).pow(2).mean(dim=(1, 2, 3))
-    loss = (min_snr_weights(alpha_bar, snr_gamma) * per_sample).mean()
     root = alpha_bar.sqrt().view(-1, 1, 1, 1)
     x0_hat = (noisy.float() - (1.0 - alpha_bar).sqrt().view(-1, 1, 1, 1) * predicted) / root
+    if detail_weight > 0:
+        # weights * SNR = min(SNR, gamma): the same scale as the x0 form of the main term
+        snr = alpha_bar / (1.0 - alpha_bar)
+        detail = highpass(x0_hat - clean.float(), detail_block).pow(2).mean(dim=(1, 2, 3))
+        per_sample = per_sample + detail_weight * snr * detail
+    loss = (weights * per_sample).mean()
     return BridgeOutput(loss=loss, x0_hat=x0_hat)

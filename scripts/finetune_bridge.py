@@ -9,7 +9,8 @@ Starts from a released DDPM (``--init``, default the newest ``weights/ddpm-v<N>`
 three terms (see ``diffusion/bridge_loss.py``):
 
 - **bridge**: (clean, attacked) crops; the attacked crop is noised to ``t < --t-max`` and the
-  network learns the noise that leads to the *clean* crop (min-SNR weighted). A share
+  network learns the noise that leads to the *clean* crop (min-SNR weighted; ``--detail-weight``
+  weights its error finer than ``--detail-block`` px once more). A share
   ``--clean-fraction`` of the pairs is left unattacked so clean inputs stay untouched.
 - **prior**: the ordinary DDPM loss on clean crops at every noise level, so the model stays a
   denoiser of the clean-image distribution (weight ``--prior-weight``).
@@ -127,6 +128,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--chain-steps", type=int, default=2)
     add("--t-max", type=int, default=200, help="bridge timesteps are uniform in 0..t-max-1")
     add("--snr-gamma", type=float, default=5.0)
+    add(
+        "--detail-weight",
+        type=float,
+        default=0.0,
+        help="extra weight on the bridge's error finer than --detail-block px (0: off)",
+    )
+    add("--detail-block", type=int, default=4, help="block size of the detail term (px, >= 2)")
     add("--clean-fraction", type=float, default=0.2)
     add("--attacks", default=",".join(ATTACKS), help="comma-separated training attacks")
     add(
@@ -173,7 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     low, high = args.chain_t_star
     if not 1 <= low <= high < 1000:
         parser.error("--chain-t-star needs 1 <= low <= high < 1000")
-    if args.metric_weight < 0 or args.prior_weight < 0:
+    if args.detail_block < 2:
+        parser.error("--detail-block must be >= 2")
+    if args.metric_weight < 0 or args.prior_weight < 0 or args.detail_weight < 0:
         parser.error("loss weights must be >= 0")
     for name in ("attacks", "val_attacks"):
         chosen = [a.strip() for a in getattr(args, name).split(",") if a.strip()]
@@ -478,7 +488,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         terms = {
             "bridge": bridge_loss(
                 model, scheduler, clean * 2 - 1, attacked * 2 - 1, timesteps, generator,
-                args.snr_gamma,
+                args.snr_gamma, args.detail_weight, args.detail_block,
             ).loss
         }  # fmt: skip
         if args.prior_weight > 0:

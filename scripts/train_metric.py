@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, default=STANDIN_SPEC.groups)
     p.add_argument("--width-per-group", type=int, default=STANDIN_SPEC.width_per_group)
     p.add_argument("--stem-width", type=int, default=STANDIN_SPEC.stem_width)
+    p.add_argument(
+        "--init-trunk",
+        type=Path,
+        default=None,
+        help="start the trunk from a trunk.safetensors of scripts/pretrain_metric_trunk.py",
+    )
     p.add_argument("--crop", type=int, default=224, help="square training crop, native pixels")
     p.add_argument("--batch-size", type=int, default=16, help="CLIVE crops per step")
     p.add_argument("--rank-sources", type=int, default=2, help="ranked source crops per step")
@@ -124,12 +130,13 @@ class TrainState:
         self.generator.set_state(state["generator"])
 
 
-def setup_logging(run_dir: Path) -> None:
+def setup_logging(run_dir: Path, log_name: str = "train_metric.log") -> None:
+    """Log to ``run_dir/log_name`` and to stderr."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.FileHandler(run_dir / "train_metric.log"), logging.StreamHandler()):
+    for handler in (logging.FileHandler(run_dir / log_name), logging.StreamHandler()):
         handler.setFormatter(fmt)
         root.addHandler(handler)
 
@@ -188,6 +195,30 @@ def schedule_lr(base_lr: float, progress: float, warmup: float) -> float:
         return base_lr * max(progress / warmup, 0.02)
     t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def load_trunk(model: IQAModel, path: Path) -> None:
+    """Copy the ``features.*`` tensors in ``path`` (safetensors) into ``model``'s trunk;
+    ``ValueError`` unless they are exactly that trunk's tensors, with its shapes."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ValueError(f"--init-trunk: {path} does not exist")
+    tensors = load_file(path)
+    expected = {f"features.{k}": v for k, v in model.features.state_dict().items()}
+    if set(tensors) != set(expected):
+        missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        raise ValueError(
+            f"{path} does not hold this trunk: missing {missing[:4]}, unexpected {extra[:4]} "
+            "(pre-train with the same --blocks/--groups/--width-per-group/--stem-width)"
+        )
+    wrong = [k for k, v in tensors.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(
+            f"{path}: {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
+            f"the trunk needs {tuple(expected[wrong[0]].shape)}"
+        )
+    model.features.load_state_dict({k.removeprefix("features."): v for k, v in tensors.items()})
 
 
 def make_batch(
@@ -271,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
     torch.manual_seed(args.seed)
     model = IQAModel(spec)
+    if args.init_trunk is not None:
+        load_trunk(model, args.init_trunk)
+        logger.info("trunk initialised from %s", args.init_trunk)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
@@ -430,6 +464,9 @@ def finish(
             "val": len(val_rows),
             "val_seed": args.val_seed,
             "ranking_clean_sources": n_clean,
+            "init_trunk": None
+            if args.init_trunk is None
+            else {"file": str(args.init_trunk), "sha256": sha256_file(args.init_trunk)},
         },
         spec=spec_to_dict(spec),
         epochs=state.epoch,

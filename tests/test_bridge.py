@@ -13,7 +13,12 @@ from torch import nn
 from attacks.registry import ATTACKS
 from attacks.training_pairs import PairPool, RandomAttacks, batch_universal
 from diffusion import training_scheduler
-from diffusion.bridge_loss import bridge_epsilon_target, bridge_loss, min_snr_weights
+from diffusion.bridge_loss import (
+    bridge_epsilon_target,
+    bridge_loss,
+    highpass,
+    min_snr_weights,
+)
 from image_io import save_image
 from iqa_losses import score_consistency_loss
 from scripts import finetune_bridge
@@ -83,6 +88,45 @@ def test_bridge_loss_rejects_bad_shapes() -> None:
         bridge_loss(model, scheduler, x, x[:1], torch.tensor([1, 2]), torch.Generator())
     with pytest.raises(ValueError, match="timesteps"):
         bridge_loss(model, scheduler, x, x, torch.tensor([1]), torch.Generator())
+
+
+def test_highpass_removes_block_means_only() -> None:
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    torch.testing.assert_close(highpass(flat, 4), torch.zeros_like(flat))
+    checker = (torch.arange(8).view(1, 8) + torch.arange(8).view(8, 1)) % 2 * 2.0 - 1.0
+    fine = checker.expand(1, 3, 8, 8)
+    torch.testing.assert_close(highpass(fine + 0.5, 4), fine)
+    odd = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(0))
+    assert highpass(odd, 4).shape == odd.shape  # ceil blocks at the edges
+    with pytest.raises(ValueError, match="block"):
+        highpass(flat, 1)
+
+
+def test_detail_weight_adds_the_min_snr_weighted_fine_error() -> None:
+    scheduler = training_scheduler()
+    gen = torch.Generator().manual_seed(2)
+    clean = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    attacked = (clean + 0.06 * torch.randn(2, 3, 8, 8, generator=gen)).clamp(-1, 1)
+    timesteps = torch.tensor([10, 120])
+    model = Oracle(torch.zeros_like(clean), scheduler.alphas_cumprod)
+
+    def run(weight: float):
+        return bridge_loss(
+            model, scheduler, clean, attacked, timesteps, torch.Generator().manual_seed(3),
+            5.0, weight, 4,
+        )  # fmt: skip
+
+    base, detailed = run(0.0), run(2.0)
+    alpha_bar = scheduler.alphas_cumprod[timesteps]
+    snr = (alpha_bar / (1 - alpha_bar)).clamp(max=5.0)
+    fine = highpass(base.x0_hat - clean, 4).pow(2).mean(dim=(1, 2, 3))
+    expected = base.loss + (2.0 * snr * fine).mean()
+    torch.testing.assert_close(detailed.loss, expected, rtol=1e-5, atol=0)
+    oracle = Oracle(clean, scheduler.alphas_cumprod)
+    exact = bridge_loss(oracle, scheduler, clean, attacked, timesteps, gen, 5.0, 2.0, 4)
+    assert exact.loss.item() < 1e-8
+    with pytest.raises(ValueError, match="detail_weight"):
+        bridge_loss(oracle, scheduler, clean, attacked, timesteps, gen, 5.0, -1.0, 4)
 
 
 # ------------------------------------------------------------- metric-consistency term
@@ -308,6 +352,8 @@ def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
         (["--max-steps", "1", "--chain-t-star", "50", "10"], "chain-t-star"),
         (["--max-steps", "1", "--batch-size", "0"], "batch-size"),
         (["--max-steps", "1", "--metric-weight", "-1"], "weights"),
+        (["--max-steps", "1", "--detail-weight", "-1"], "weights"),
+        (["--max-steps", "1", "--detail-block", "1"], "detail-block"),
     ],
 )
 def test_finetune_bridge_rejects_bad_options(
