@@ -30,7 +30,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -101,6 +101,22 @@ def labelled_crop(
     return distort(x, kind, level, gen), distortion_class(kind, level)
 
 
+def training_batch(
+    sources: list[tuple[torch.Tensor, tuple[str, ...]]],
+    count: int,
+    crop: int,
+    untouched: float,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` labelled crops of (uint8 image, kinds) ``sources`` drawn with replacement:
+    float ``(count, 3, crop, crop)`` in [0, 1] and their classes ``(count,)``."""
+    pairs = []
+    for _ in range(count):
+        image, kinds = sources[int(torch.randint(len(sources), (), generator=gen))]
+        pairs.append(labelled_crop(image, kinds, crop, untouched, gen))
+    return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=paths.default_data_dir(), help="holds clive/")
@@ -122,6 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.03)
     p.add_argument("--ema-decay", type=float, default=0.995)
+    p.add_argument("--bn-batches", type=int, default=16, help="batches that refresh the EMA BN")
     p.add_argument("--val-fraction", type=float, default=0.15, help="as train_metric.py")
     p.add_argument("--val-seed", type=int, default=0, help="as train_metric.py")
     p.add_argument("--eval-crops", type=int, default=96, help="held-out crops for accuracy")
@@ -132,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.clean_dir = args.data / "clean" / "train"
     if not 0.0 <= args.untouched < 1.0:
         p.error("--untouched must be in [0, 1)")
-    for name in ("crop", "batch_size", "eval_crops", "epoch_steps"):
+    for name in ("crop", "batch_size", "eval_crops", "epoch_steps", "bn_batches"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -250,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             "lr": lr,
             "ce": loss_sum / max(1, steps),
             "train_accuracy": hits / max(1, steps * args.batch_size),
-            "held_out_accuracy": accuracy(ema.module, eval_x, eval_y),
+            # the live weights: the EMA's averaged BatchNorm statistics do not match its
+            # averaged weights while the learning rate is high (they are refreshed at the end)
+            "held_out_accuracy": accuracy(accelerator.unwrap_model(model), eval_x, eval_y),
             "epoch_minutes": (time.monotonic() - t_epoch) / 60,
         }
         state.history.append(record)
@@ -261,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         accelerator.save_state(str(ckpt_dir), safe_serialization=True)
 
+    refresh = [
+        norm(
+            training_batch(sources, args.batch_size, args.crop, args.untouched, state.generator)[0]
+        )
+        for _ in range(args.bn_batches)
+    ]
+    update_bn(refresh, ema.module)
+    ema_accuracy = accuracy(ema.module, eval_x, eval_y)
+    logger.info("EMA weights, BatchNorm statistics refreshed: held-out acc %.3f", ema_accuracy)
     trunk = {
         f"features.{k}": v.detach().contiguous()
         for k, v in ema.module.iqa.features.state_dict().items()
@@ -278,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             "mos_read": False,
         },
         "steps": state.step,
+        "ema_held_out_accuracy": ema_accuracy,
         "train_minutes": round(state.train_seconds / 60, 2),
         "command": command,
         "history": state.history,

@@ -55,6 +55,23 @@ def test_labelled_crop_is_seeded_and_labels_what_it_did() -> None:
     assert label == 0 and torch.equal(x, crop)
 
 
+def test_training_batch_draws_sources_with_their_kinds() -> None:
+    sources = [
+        (torch.zeros(3, 40, 40, dtype=torch.uint8), ("blur",)),
+        (torch.full((3, 40, 40), 200, dtype=torch.uint8), ("contrast",)),
+    ]
+    x, y = pretrain.training_batch(sources, 12, 16, 0.2, torch.Generator().manual_seed(5))
+    again = pretrain.training_batch(sources, 12, 16, 0.2, torch.Generator().manual_seed(5))
+    assert x.shape == (12, 3, 16, 16) and y.shape == (12,) and x.dtype == torch.float32
+    assert torch.equal(x, again[0]) and torch.equal(y, again[1])
+    blur = {pretrain.distortion_class("blur", level) for level in range(N_LEVELS)}
+    contrast = {pretrain.distortion_class("contrast", level) for level in range(N_LEVELS)}
+    for image, label in zip(x, y.tolist(), strict=True):
+        # a flat image stays flat; only the grey source may carry a contrast class
+        source_is_black = bool(image.max() == 0)
+        assert label in ({0} | (blur if source_is_black else contrast))
+
+
 def test_classifier_reads_both_pooled_levels() -> None:
     model = pretrain.DistortionClassifier(TINY).eval()
     x = torch.randn(2, 3, 48, 40)
@@ -112,6 +129,7 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
     assert pretrain.main([*common, *flags, "--batch-size", "4", "--eval-crops", "4"]) == 0
     info = json.loads((run / pretrain.INFO_FILE).read_text())
     assert info["steps"] == 3 and [h["step"] for h in info["history"]] == [2, 3]
+    assert 0 <= info["ema_held_out_accuracy"] <= 1
     assert info["data"] == {
         "clive_fit_images": 17,  # 20 train images minus the 3 carved out for validation
         "clean_images": 3,
@@ -137,6 +155,7 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
         (["--untouched", "1"], "--untouched"),
         (["--crop", "0"], "--crop"),
         (["--epoch-steps", "0"], "--epoch-steps"),
+        (["--bn-batches", "0"], "--bn-batches"),
     ],
 )
 def test_pretrain_rejects_bad_options(
