@@ -42,11 +42,13 @@ from model import IQAModel, TrunkSpec  # noqa: E402
 from scripts.train_metric import (  # noqa: E402
     Normalise,
     TrainState,
+    add_trunk_arguments,
     random_crop,
     schedule_lr,
     setup_logging,
+    trunk_spec,
 )
-from standin_metric import STANDIN_SPEC, spec_to_dict  # noqa: E402
+from standin_metric import spec_to_dict  # noqa: E402
 from synthetic_distortions import (  # noqa: E402
     ANY_SOURCE_KINDS,
     CLEAN_SOURCE_KINDS,
@@ -127,10 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: no limit)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blocks", type=int, nargs=4, default=list(STANDIN_SPEC.blocks))
-    p.add_argument("--groups", type=int, default=STANDIN_SPEC.groups)
-    p.add_argument("--width-per-group", type=int, default=STANDIN_SPEC.width_per_group)
-    p.add_argument("--stem-width", type=int, default=STANDIN_SPEC.stem_width)
+    add_trunk_arguments(p)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--untouched", type=float, default=0.15, help="share of undistorted crops")
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_x = norm(torch.stack([x for x, _ in pairs]))
     eval_y = torch.tensor([y for _, y in pairs])
 
-    spec = TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
+    spec = trunk_spec(args)
     torch.manual_seed(args.seed)
     model = DistortionClassifier(spec).to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)

@@ -59,6 +59,20 @@ CHECKPOINT_DIR = "checkpoint"
 BEST_FILE = "best.safetensors"
 
 
+def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--blocks --groups --width-per-group --stem-width`` (default: the stand-in's shape)."""
+    add = parser.add_argument
+    add("--blocks", type=int, nargs=4, default=list(STANDIN_SPEC.blocks), help="per stage")
+    add("--groups", type=int, default=STANDIN_SPEC.groups)
+    add("--width-per-group", type=int, default=STANDIN_SPEC.width_per_group)
+    add("--stem-width", type=int, default=STANDIN_SPEC.stem_width)
+
+
+def trunk_spec(args: argparse.Namespace) -> TrunkSpec:
+    """The ``TrunkSpec`` the ``add_trunk_arguments`` options describe."""
+    return TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=paths.default_data_dir(), help="holds clive/")
@@ -70,10 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reserve-minutes", type=float, default=1.5, help="kept for calibration")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blocks", type=int, nargs=4, default=list(STANDIN_SPEC.blocks))
-    p.add_argument("--groups", type=int, default=STANDIN_SPEC.groups)
-    p.add_argument("--width-per-group", type=int, default=STANDIN_SPEC.width_per_group)
-    p.add_argument("--stem-width", type=int, default=STANDIN_SPEC.stem_width)
+    add_trunk_arguments(p)
     p.add_argument(
         "--init-trunk",
         type=Path,
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         n_clean = len(clean)
     logger.info("ranking sources: %d CLIVE fit + %d clean", len(fit_images), n_clean)
 
-    spec = TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
+    spec = trunk_spec(args)
     torch.manual_seed(args.seed)
     model = IQAModel(spec)
     if args.init_trunk is not None:
