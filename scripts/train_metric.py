@@ -314,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     model = IQAModel(spec)
     if args.init_trunk is not None:
-        load_trunk(model, args.init_trunk)
+        try:
+            load_trunk(model, args.init_trunk)
+        except ValueError as err:
+            logger.error("%s", err)
+            return 2
         logger.info("trunk initialised from %s", args.init_trunk)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
