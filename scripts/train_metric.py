@@ -99,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clean-dir", type=Path, default=None, help="extra ranking sources")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument(
+        "--trunk-lr-scale",
+        type=float,
+        default=1.0,
+        help="the trunk's learning rate over --lr (below 1: a pre-trained trunk moves slower "
+        "than the heads)",
+    )
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.03, help="fraction of the schedule")
     p.add_argument("--ema-decay", type=float, default=0.995)
@@ -107,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=0, help="pilot runs: use N fit images")
     p.add_argument("--checkpoint-every", type=int, default=2, help="epochs between checkpoints")
     args = p.parse_args(argv)
+    if not 0 < args.trunk_lr_scale <= 1:
+        p.error(f"--trunk-lr-scale must be in (0, 1], got {args.trunk_lr_scale}")
     if args.run_dir is None:
         args.run_dir = paths.ROOT / "runs" / args.output.name
     if args.clean_dir is None:
@@ -206,6 +215,17 @@ def schedule_lr(base_lr: float, progress: float, warmup: float) -> float:
         return base_lr * max(progress / warmup, 0.02)
     t = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
     return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def parameter_groups(model: IQAModel, trunk_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW groups: the trunk (``features.*``) at ``trunk_lr_scale`` x the learning rate, the
+    heads at 1x; the scale is kept in each group's ``lr_scale``."""
+    trunk = [p for n, p in model.named_parameters() if n.startswith("features.")]
+    heads = [p for n, p in model.named_parameters() if not n.startswith("features.")]
+    return [
+        {"params": trunk, "lr_scale": trunk_lr_scale},
+        {"params": heads, "lr_scale": 1.0},
+    ]
 
 
 def load_trunk(model: IQAModel, path: Path) -> None:
@@ -323,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.trunk_lr_scale), lr=args.lr, weight_decay=args.weight_decay
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState()
     state.generator.manual_seed(args.seed)
@@ -366,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             progress = max(state.epoch / args.epochs, state.train_seconds / state.schedule_seconds)
             lr = schedule_lr(args.lr, progress, args.warmup)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             first = (i * processes + rank) * args.batch_size
             idx = perm[first : first + args.batch_size]
             x, mos, n_rank = make_batch(args, fit_images, fit_mos, idx, sources, state.generator)

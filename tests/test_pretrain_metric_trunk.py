@@ -143,10 +143,31 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
     out = tmp_path / "metric"
     args = [*common, "--init-trunk", str(run / pretrain.TRUNK_FILE), "--epochs", "1"]
     args += ["--batch-size", "4", "--output", str(out), "--run-dir", str(tmp_path / "metric-run")]
-    assert train_metric.main(args) == 0
+    assert train_metric.main([*args, "--trunk-lr-scale", "0.25"]) == 0
     verify_manifest(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["data"]["init_trunk"]["file"] == str(run / pretrain.TRUNK_FILE)
+    assert manifest["training"]["hyperparameters"]["trunk_lr_scale"] == 0.25
+
+
+def test_parameter_groups_split_trunk_from_heads() -> None:
+    model = IQAModel(TINY)
+    trunk_group, head_group = train_metric.parameter_groups(model, 0.25)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert trunk_group["lr_scale"] == 0.25 and head_group["lr_scale"] == 1.0
+    assert all(names[id(p)].startswith("features.") for p in trunk_group["params"])
+    assert not any(names[id(p)].startswith("features.") for p in head_group["params"])
+    assert len(trunk_group["params"]) + len(head_group["params"]) == len(names)
+    assert head_group["params"]  # the dr / regression heads
+
+
+@pytest.mark.parametrize("scale", ["0", "-0.5", "1.5"])
+def test_train_metric_rejects_a_bad_trunk_lr_scale(
+    scale: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        train_metric.parse_args(["--trunk-lr-scale", scale])
+    assert "--trunk-lr-scale" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
