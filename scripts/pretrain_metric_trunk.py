@@ -40,6 +40,7 @@ from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa
 from image_io import list_images  # noqa: E402
 from model import IQAModel, TrunkSpec  # noqa: E402
 from scripts.train_metric import (  # noqa: E402
+    PRETRAIN_INFO_FILE,
     Normalise,
     TrainState,
     add_trunk_arguments,
@@ -58,7 +59,7 @@ from synthetic_distortions import (  # noqa: E402
 
 logger = logging.getLogger("pretrain_metric_trunk")
 TRUNK_FILE = "trunk.safetensors"
-INFO_FILE = "trunk.json"
+INFO_FILE = PRETRAIN_INFO_FILE
 CHECKPOINT_DIR = "checkpoint"
 N_CLASSES = 1 + len(CLEAN_SOURCE_KINDS) * N_LEVELS
 """Class 0: untouched; class ``1 + kind_index * N_LEVELS + level`` otherwise."""

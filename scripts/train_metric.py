@@ -57,6 +57,7 @@ from weights_manifest import MANIFEST, sha256_file  # noqa: E402
 logger = logging.getLogger("train_metric")
 CHECKPOINT_DIR = "checkpoint"
 BEST_FILE = "best.safetensors"
+PRETRAIN_INFO_FILE = "trunk.json"  # written beside the trunk by pretrain_metric_trunk.py
 
 
 def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,6 +251,18 @@ def load_trunk(model: IQAModel, path: Path) -> None:
             f"the trunk needs {tuple(expected[wrong[0]].shape)}"
         )
     model.features.load_state_dict({k.removeprefix("features."): v for k, v in tensors.items()})
+
+
+def trunk_provenance(path: Path) -> dict:
+    """What the manifest records about an ``--init-trunk`` file: its name and sha256, and the
+    pre-training's record (``trunk.json`` beside it, per-epoch history left out) when present."""
+    record: dict = {"file": str(path), "sha256": sha256_file(path)}
+    info = path.with_name(PRETRAIN_INFO_FILE)
+    if info.is_file():
+        pretraining = json.loads(info.read_text())
+        pretraining.pop("history", None)
+        record["pretraining"] = pretraining
+    return record
 
 
 def make_batch(
@@ -501,9 +514,7 @@ def finish(
             "val": len(val_rows),
             "val_seed": args.val_seed,
             "ranking_clean_sources": n_clean,
-            "init_trunk": None
-            if args.init_trunk is None
-            else {"file": str(args.init_trunk), "sha256": sha256_file(args.init_trunk)},
+            "init_trunk": None if args.init_trunk is None else trunk_provenance(args.init_trunk),
         },
         spec=spec_to_dict(spec),
         epochs=state.epoch,

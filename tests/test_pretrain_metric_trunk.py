@@ -15,7 +15,7 @@ from model import IQAModel, TrunkSpec
 from scripts import pretrain_metric_trunk as pretrain
 from scripts import train_metric
 from synthetic_distortions import ANY_SOURCE_KINDS, CLEAN_SOURCE_KINDS, N_LEVELS
-from weights_manifest import verify_manifest
+from weights_manifest import sha256_file, verify_manifest
 
 TINY = TrunkSpec(blocks=(1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
 TINY_FLAGS = ["--blocks", "1", "1", "1", "1", "--groups", "2", "--width-per-group", "16"]
@@ -146,8 +146,22 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
     assert train_metric.main([*args, "--trunk-lr-scale", "0.25"]) == 0
     verify_manifest(out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["training"]["data"]["init_trunk"]["file"] == str(run / pretrain.TRUNK_FILE)
+    init_trunk = manifest["training"]["data"]["init_trunk"]
+    assert init_trunk["file"] == str(run / pretrain.TRUNK_FILE)
+    assert init_trunk["sha256"] == sha256_file(run / pretrain.TRUNK_FILE)
+    # the pre-training's record travels with the metric, its per-epoch history left out
+    assert init_trunk["pretraining"] == {k: v for k, v in info.items() if k != "history"}
     assert manifest["training"]["hyperparameters"]["trunk_lr_scale"] == 0.25
+
+
+def test_trunk_provenance_without_pretraining_record(tmp_path: Path) -> None:
+    """A trunk file with no ``trunk.json`` beside it is recorded by name and hash alone."""
+    path = tmp_path / "my-trunk.safetensors"
+    save_file({"features.w": torch.zeros(2)}, path)
+    assert train_metric.trunk_provenance(path) == {
+        "file": str(path),
+        "sha256": sha256_file(path),
+    }
 
 
 def test_parameter_groups_split_trunk_from_heads() -> None:

@@ -53,14 +53,30 @@ def test_shipped_denoiser_loads_and_predicts_noise(name: str) -> None:
     assert torch.nn.functional.cosine_similarity(eps.flatten(), noise.flatten(), dim=0) > 0.9
 
 
-def test_standin_metric_is_the_default_and_prefers_clean_over_noisy() -> None:
-    metric = MetricModel("cpu")
-    assert metric.name == "standin" and metric.lower_better is False
+def clean_and_noisy_scores(metric: MetricModel) -> tuple[float, float]:
+    """``metric``'s scores of a sample reference and of it with Gaussian noise (sigma 0.2)."""
     reference = load_image(SAMPLE / "reference" / "kodim23.png")[None]
     noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
     noisy = (reference + 0.2 * noise).clamp(0, 1)
     with torch.no_grad():
         clean_score, noisy_score = metric(torch.cat([reference, noisy])).flatten().tolist()
+    return clean_score, noisy_score
+
+
+def test_standin_metric_is_the_default_and_prefers_clean_over_noisy() -> None:
+    metric = MetricModel("cpu")
+    assert metric.name == "standin" and metric.lower_better is False
+    clean_score, noisy_score = clean_and_noisy_scores(metric)
+    assert 0 < clean_score < 100 and noisy_score < clean_score
+
+
+STANDINS = sorted(p.name for p in RELEASES if p.name.startswith("standin-metric-"))
+
+
+@pytest.mark.parametrize("name", STANDINS)
+def test_every_shipped_standin_loads_and_prefers_clean_over_noisy(name: str) -> None:
+    metric = MetricModel("cpu", WEIGHTS_DIR / name)
+    clean_score, noisy_score = clean_and_noisy_scores(metric)
     assert 0 < clean_score < 100 and noisy_score < clean_score
 
 
