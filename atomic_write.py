@@ -3,7 +3,8 @@
 A reader never sees a half-written file, and a killed writer leaves only a ``.<name>.*.part``
 temp file. ``tempfile.mkstemp`` creates files readable by their owner only; ``publish`` gives
 the result the permissions a plain ``open(path, "w")`` would (``0o666`` minus the umask).
-``staged_folder`` does the same for a whole folder (weights and their manifest).
+``staged_folder`` does the same for a whole folder (weights and their manifest), and
+``save_tensors`` for a safetensors file (safetensors >= 0.8 writes its files owner-only too).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
 
 TEMP_SUFFIX = ".part"
 
@@ -49,10 +53,25 @@ def write_text_atomic(text: str, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` (contiguous, any device) to the safetensors file ``path`` atomically,
+    with default permissions."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def staged_folder(folder: str | Path, replace: bool = True) -> Iterator[Path]:
     """Build ``folder`` in the hidden sibling ``.<name>.part`` and move it into place when the
-    block ends without error, so the folder appears complete or not at all.
+    block ends without error, so the folder appears complete or not at all. Files written
+    inside get default permissions, whatever the library that wrote them chose.
 
     A stale sibling from a killed writer is removed first; on error the sibling is removed.
     With ``replace`` a folder already at ``folder`` is replaced, otherwise the final rename
@@ -64,6 +83,10 @@ def staged_folder(folder: str | Path, replace: bool = True) -> Iterator[Path]:
     tmp.mkdir(parents=True)  # default permissions, as a plain mkdir gives
     try:
         yield tmp
+        mode = _default_mode()
+        for path in tmp.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, mode)
         if replace and folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)

@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import paths
+from atomic_write import save_tensors
 from model import IQAModel, TrunkSpec
 from weights_manifest import MANIFEST, verify_manifest, write_manifest
 
@@ -143,7 +144,7 @@ def save_standin(
         raise ValueError(f"k and b must be non-empty lists of equal length, got {k}, {b}")
     folder.mkdir(parents=True, exist_ok=True)
     state = {key: t.detach().cpu().contiguous() for key, t in model.state_dict().items()}
-    save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    save_tensors(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     config = {
         "spec": spec_to_dict(model.spec),
         "k": k,

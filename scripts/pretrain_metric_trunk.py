@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
@@ -36,6 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
+from atomic_write import save_tensors  # noqa: E402
 from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
 from image_io import list_images  # noqa: E402
 from model import IQAModel, TrunkSpec  # noqa: E402
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         f"features.{k}": v.detach().contiguous()
         for k, v in ema.module.iqa.features.state_dict().items()
     }
-    save_file(trunk, args.run_dir / TRUNK_FILE)
+    save_tensors(trunk, args.run_dir / TRUNK_FILE)
     info = {
         "kind": "label-free distortion classification, scripts/pretrain_metric_trunk.py",
         "spec": spec_to_dict(spec),

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
+from atomic_write import save_tensors  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
 from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
@@ -147,10 +147,7 @@ def make_shards(
         clean = random_crops(sources, args.shard_size, args.crop, generator)
         attacked, name = attacks.attack(clean.to(args.device).float() / 255, generator)
         tensors = {"clean": clean, "attacked": torch.from_numpy(to_uint8_batch(attacked))}
-        path = folder / f"shard_{i:04d}.safetensors"
-        tmp = path.with_suffix(".part")
-        save_file(tensors, tmp, metadata={"attack": name})
-        tmp.rename(path)
+        save_tensors(tensors, folder / f"shard_{i:04d}.safetensors", metadata={"attack": name})
 
 
 def to_uint8_batch(images: torch.Tensor) -> np.ndarray:

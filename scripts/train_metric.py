@@ -35,6 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
+from atomic_write import save_tensors  # noqa: E402
 from clive_data import (  # noqa: E402
     MosRow,
     carve_validation,
@@ -445,11 +446,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if srcc > state.best_srcc:
             state.best_srcc, state.best_epoch = srcc, state.epoch
-            from safetensors.torch import save_file
-
             best = {k: v.detach().contiguous() for k, v in ema.module.state_dict().items()}
             if accelerator.is_main_process:
-                save_file(best, args.run_dir / BEST_FILE)
+                save_tensors(best, args.run_dir / BEST_FILE)
             logger.info("new best val SRCC %.4f at epoch %d", srcc, state.epoch)
         if state.epoch % args.checkpoint_every == 0 or out_of_time or state.epoch == args.epochs:
             accelerator.save_state(str(ckpt_dir), safe_serialization=True)

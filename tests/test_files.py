@@ -308,17 +308,30 @@ def test_harness_names_an_unreadable_image(
 def test_atomic_writes_get_default_permissions(tmp_path: Path) -> None:
     import os
 
-    from atomic_write import write_text_atomic
+    from safetensors.torch import load_file
+
+    from atomic_write import save_tensors, write_text_atomic
 
     umask = os.umask(0o022)
     try:
         save_image(torch.zeros(3, 4, 4), tmp_path / "a.png")
         write_text_atomic("{}", tmp_path / "b.json")
+        save_tensors({"w": torch.arange(3.0)}, tmp_path / "c.safetensors", {"k": "v"})
+        with staged_folder(tmp_path / "d") as staging:
+            (staging / "sub").mkdir()
+            (staging / "sub" / "owner-only").write_text("x")
+            os.chmod(staging / "sub" / "owner-only", 0o600)  # as safetensors 0.8 writes
     finally:
         os.umask(umask)
-    for name in ("a.png", "b.json"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.json"]  # no temp left
+    for name in ("a.png", "b.json", "c.safetensors", "d/sub/owner-only"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert torch.equal(load_file(tmp_path / "c.safetensors")["w"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.png",
+        "b.json",
+        "c.safetensors",
+        "d",
+    ]  # no temp left
 
 
 def test_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
