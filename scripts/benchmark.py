@@ -5,8 +5,12 @@ Usage::
 
     python scripts/benchmark.py [--data-dir runs/public-set] [--defenses none,resize,...]
         [--limit N] [--subset-for diffpure=3] [--seed 0] [--threads 1]
-        [--output-dir runs/benchmark] [--markdown BENCHMARKS.md]
-        [--grid docs/benchmark_grid.png] [--json runs/benchmark/benchmark.json] [--no-memory]
+        [--output-dir runs/benchmark] [--markdown OUTPUT_DIR/BENCHMARKS.md]
+        [--grid OUTPUT_DIR/benchmark_grid.png] [--json OUTPUT_DIR/benchmark.json] [--no-memory]
+
+Everything is written under ``--output-dir``. The repository's ``BENCHMARKS.md`` and
+``docs/benchmark_grid.png`` are rewritten only when named: ``--markdown BENCHMARKS.md --grid
+docs/benchmark_grid.png``, so an experiment on other data never overwrites them.
 
 The dataset has the competition layout (``attacked/<attack>/<image>``, ``reference/<image>``;
 the public set is ``python scripts/make_dataset.py runs/public-set``, built from
@@ -70,7 +74,8 @@ logger = logging.getLogger("benchmark")
 DEFAULT_SUBSETS = {"diffpure": 3}
 DEFAULT_DATA_DIR = ROOT / "runs" / "public-set"
 DEFAULT_OUTPUT_DIR = ROOT / "runs" / "benchmark"
-DEFAULT_GRID = ROOT / "docs" / "benchmark_grid.png"
+MARKDOWN_NAME = "BENCHMARKS.md"
+GRID_NAME = "benchmark_grid.png"
 
 
 def parse_subsets(specs: Sequence[str] | None) -> dict[str, int | None]:
@@ -152,10 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, default=None, help="denoiser folder (default: newest release)"
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help=f"default OUTPUT_DIR/{MARKDOWN_NAME}"
+    )
     parser.add_argument("--json", type=Path, default=None, help="default OUTPUT_DIR/benchmark.json")
     parser.add_argument(
-        "--grid", type=Path, default=DEFAULT_GRID, help="comparison grid PNG (linked from markdown)"
+        "--grid",
+        type=Path,
+        default=None,
+        help=f"comparison grid PNG, linked from the markdown (default OUTPUT_DIR/{GRID_NAME})",
     )
     parser.add_argument("--no-grid", action="store_true", help="skip the comparison grid")
     parser.add_argument("--grid-rows", type=int, default=3)
@@ -240,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     output_dir = args.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    markdown_path = args.markdown or output_dir / MARKDOWN_NAME
     for name, run in runs.items():
         folder = output_dir / name.replace("/", "_")
         harness.write_scores(harness.aggregate(run.records), folder, "full")
@@ -273,13 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if grid_pairs:
         from scripts.comparison_plots import draw_grid
 
-        grid_path = draw_grid(runs, grid_pairs, args.grid, args.grid_crop or None)
-        grid_link = os.path.relpath(grid_path.resolve(), args.markdown.resolve().parent)
+        grid_path = draw_grid(
+            runs, grid_pairs, args.grid or output_dir / GRID_NAME, args.grid_crop or None
+        )
+        grid_link = os.path.relpath(grid_path.resolve(), markdown_path.resolve().parent)
         print(f"wrote {grid_path}")
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render_markdown(runs, meta, grid_link))
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(render_markdown(runs, meta, grid_link))
     print("\n".join(summary_table(runs)))
-    print(f"wrote {args.markdown} and {json_path}")
+    print(f"wrote {markdown_path} and {json_path}")
     return 0
 
 

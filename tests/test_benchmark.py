@@ -211,6 +211,32 @@ def test_grid_png(bench: dict) -> None:
     assert "![reference, attacked and each defense's output](docs/grid.png)" in bench["markdown"]
 
 
+def test_default_outputs_stay_in_the_output_dir(tmp_path: Path) -> None:
+    """Without --markdown/--grid a run writes only under --output-dir: the repository's
+    BENCHMARKS.md and docs/benchmark_grid.png are never touched by an experiment."""
+    data = write_tiny_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    repo_files = [ROOT / "BENCHMARKS.md", ROOT / "docs" / "benchmark_grid.png"]
+    before = [(p.stat().st_mtime_ns if p.exists() else None) for p in repo_files]
+    argv = ["--data-dir", str(data), "--defenses", "none,blur", "--output-dir", str(out),
+            "--linearity-repeats", "1", "--grid-rows", "2", "--grid-crop", "16",
+            "--no-progress", "--no-memory"]  # fmt: skip
+    has_plot = _has_matplotlib()
+    if not has_plot:
+        argv.append("--no-grid")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "load_metric", lambda checkpoint_dir, device: ToyMetric())
+        mp.setattr(benchmark_cli, "reference_model", tiny_linearity)
+        assert benchmark_cli.main(argv) == 0
+    assert [(p.stat().st_mtime_ns if p.exists() else None) for p in repo_files] == before
+    expected = {"BENCHMARKS.md", "benchmark.json", "none", "blur"}
+    if has_plot:
+        expected.add("benchmark_grid.png")
+        link = "![reference, attacked and each defense's output](benchmark_grid.png)"
+        assert link in (out / "BENCHMARKS.md").read_text()
+    assert {p.name for p in out.iterdir()} == expected
+
+
 # --- pieces -----------------------------------------------------------------------------------
 
 
