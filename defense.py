@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from devices import resolve_device
 from purifier import (
     DiffusionPurifier,
     PurifierConfig,
@@ -80,7 +81,7 @@ class Defense:
         config: PurifierConfig | None = None,
         tile: int | None = DEFAULT_TILE,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if tile is not None and (
             not isinstance(tile, int) or isinstance(tile, bool) or tile <= 2 * TILE_OVERLAP
         ):

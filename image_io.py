@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from atomic_write import TEMP_SUFFIX, publish, temp_path
 
@@ -36,12 +36,13 @@ class ImageReadError(ValueError):
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (RGB; 16-bit PNG/TIFF kept exact)."""
+    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (RGB; 16-bit PNG/TIFF kept exact),
+    turned upright by its EXIF orientation tag (as viewers show it; outputs carry no tag)."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            array = _to_rgb_array(img)
+            array = _to_rgb_array(ImageOps.exif_transpose(img))
     except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())

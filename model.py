@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from devices import resolve_device
 from image_checks import check_images  # also imported from here by older callers
 
 logger = logging.getLogger(__name__)
@@ -225,13 +226,14 @@ class MetricModel(nn.Module):
     ``model_path=None`` uses ``p1q2.pth`` beside this file if it exists, else the stand-in
     metric shipped under ``weights/`` (with one logged warning); a folder path loads a
     stand-in metric saved in that folder (``standin_metric.save_standin``). Higher is better.
+    The network's weights are frozen: gradients flow to the input, never into the weights.
     """
 
     lower_better = False
 
     def __init__(self, device: torch.device | str = "cpu", model_path: str | Path | None = None):
         super().__init__()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         path = Path(model_path) if model_path is not None else default_checkpoint()
         if model_path is None and not path.is_file():
             from standin_metric import load_standin
@@ -251,7 +253,7 @@ class MetricModel(nn.Module):
         else:
             self.model, self.k, self.b = load_iqa_model(path, self.device)
             self.name = path.name
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval().requires_grad_(False)  # gradients reach the input only
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.to(self.device)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from einops import repeat
 from torch import nn
 
 
@@ -57,12 +58,15 @@ def min_snr_weights(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def highpass(images: torch.Tensor, block: int) -> torch.Tensor:
-    """``images`` minus their ``block`` x ``block`` box means (nearest-upsampled back): the
-    detail finer than ``block`` pixels; ``(B, C, H, W)`` -> same shape."""
+    """``images`` minus the means of their ``block`` x ``block`` blocks (the last row/column of
+    blocks may be smaller): the detail finer than ``block`` pixels; ``(B, C, H, W)`` -> same
+    shape."""
     if block < 2:
         raise ValueError(f"block must be >= 2, got {block}")
+    height, width = images.shape[-2:]
     coarse = F.avg_pool2d(images, block, stride=block, ceil_mode=True)
-    return images - F.interpolate(coarse, size=images.shape[-2:], mode="nearest")
+    means = repeat(coarse, "b c h w -> b c (h bh) (w bw)", bh=block, bw=block)
+    return images - means[..., :height, :width]
 
 
 def bridge_loss(

@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 def load_denoiser(
     folder: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[PixelUnshuffleUNet, dict[str, Any]]:
-    """``(model in eval mode on device, scheduler config dict)`` from a weights folder.
+    """``(model in eval mode on device, weights frozen, scheduler config dict)`` from a
+    weights folder: a purifier differentiates through the model to its input only (fine-tuning
+    loads the folder with ``from_pretrained`` instead).
 
     Raises ``weights_manifest.WeightsIntegrityError`` if a file is missing or altered and
     ``ValueError`` if the folder does not exist.
@@ -31,4 +33,4 @@ def load_denoiser(
     model = PixelUnshuffleUNet.from_pretrained(folder, local_files_only=True)
     scheduler_config = dict(DDPMScheduler.load_config(folder, local_files_only=True))
     logger.info("loaded denoiser %s version %s", manifest.get("name"), manifest.get("version"))
-    return model.to(device).eval(), scheduler_config
+    return model.to(device).eval().requires_grad_(False), scheduler_config

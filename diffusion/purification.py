@@ -73,6 +73,10 @@ def denoise_one_shot(
     """
     if noisy.dim() != 4 or noisy.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) images, got shape {tuple(noisy.shape)}")
+    if not noisy.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1], got dtype {noisy.dtype}")
+    if not torch.isfinite(noisy).all():
+        raise ValueError("noisy images hold NaN or inf values")
     scheduler = DDPMScheduler.from_config(scheduler_config)
     t = sigma_to_timestep(sigma, scheduler)
     scheduler.set_timesteps(timesteps=[t])

@@ -65,6 +65,7 @@ from scripts.benchmarking import (  # noqa: E402
     machine_info,
     run_benchmark,
     select_pairs,
+    split_chain,
     split_defense_spec,
 )
 from scripts.peak_memory import benchmark_memory  # noqa: E402
@@ -105,11 +106,10 @@ def parse_defenses(spec: str) -> list[str]:
     from defenses.registry import DEFENSES
 
     names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
-    unknown = [n for n in names if split_defense_spec(n)[0] not in DEFENSES]
+    parts = [part for name in names for part in split_chain(name)]
+    unknown = [p for p in parts if split_defense_spec(p)[0] not in DEFENSES]
     if unknown or not names:
         raise ValueError(f"unknown or no defenses {unknown}; known: {', '.join(sorted(DEFENSES))}")
-    for name in names:
-        split_defense_spec(name)  # ValueError for a missing weights folder or a bad knob
     return names
 
 
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         "runs/public-set (python scripts/make_dataset.py runs/public-set)",
     )
     parser.add_argument(
-        "--defenses", default=",".join(DEFAULT_DEFENSES), help="comma-separated defense names"
+        "--defenses",
+        default=",".join(DEFAULT_DEFENSES),
+        help="comma-separated defense specs: NAME, ddpm@WEIGHTS, ddpm:KNOB=VALUE, A+B (A, then B)",
     )
     parser.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     parser.add_argument(

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from defenses.chain import ChainedDefense
 from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
 from image_io import load_image
 from model import IQAModel
@@ -341,6 +342,20 @@ KNOB_SEPARATOR = ":"
 ``PurifierConfig`` knobs changed, so variants can be compared in one run."""
 
 
+CHAIN_SEPARATOR = "+"
+"""``jpeg+ddpm`` (or ``jpeg+ddpm:t_star=40``) runs ``jpeg``, then ``ddpm`` on its output: each
+part is a spec of its own, so a pre-filter in front of the purifier is measured in one run."""
+
+
+def split_chain(spec: str) -> list[str]:
+    """``"jpeg+ddpm:gate=0"`` -> ``["jpeg", "ddpm:gate=0"]``; ``"ddpm"`` -> ``["ddpm"]``.
+    ``ValueError`` for an empty part."""
+    parts = spec.split(CHAIN_SEPARATOR)
+    if not all(parts):
+        raise ValueError(f"{spec!r}: a chain is written name+name, with no empty part")
+    return parts
+
+
 def split_knobs(spec: str) -> tuple[str, dict[str, Any]]:
     """``"ddpm@v1:gate=0:sampler=ddim"`` -> ``("ddpm@v1", {"gate": 0, "sampler": "ddim"})``.
 
@@ -387,7 +402,11 @@ def split_defense_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def defense_label(spec: str) -> str:
-    """Human label of a defense spec, e.g. ``ours (defense.Defense), weights ddpm-v1``."""
+    """Human label of a defense spec, e.g. ``ours (defense.Defense), weights ddpm-v1``; the
+    parts of a chain are joined by ``, then ``."""
+    parts = split_chain(spec)
+    if len(parts) > 1:
+        return ", then ".join(defense_label(part) for part in parts)
     name, weights = split_defense_spec(spec)
     label = LABELS.get(name, name)
     label = label if weights is None else f"{label}, weights {weights.name}"
@@ -402,8 +421,11 @@ def build_defense(
     weights: str | Path | None = None,
     seed: int | None = 0,
 ) -> PurifyingDefense:
-    """A registered defense (or ``ddpm@<weights>``); the diffusion ones get ``weights`` (the
-    spec's own folder first) and a fixed ``seed``."""
+    """A registered defense (or ``ddpm@<weights>``, or a chain ``a+b``); the diffusion ones
+    get ``weights`` (the spec's own folder first) and a fixed ``seed``."""
+    parts = split_chain(name)
+    if len(parts) > 1:
+        return ChainedDefense([build_defense(p, device, weights=weights, seed=seed) for p in parts])
     knobs = split_knobs(name)[1]
     name, own_weights = split_defense_spec(name)
     weights = own_weights if own_weights is not None else weights

@@ -82,7 +82,7 @@ RUNTIME_MODULES = {
         "weights",
     ),
 }
-RUNTIME_FILES = ("weights_manifest", "image_checks", "atomic_write")
+RUNTIME_FILES = ("weights_manifest", "image_checks", "atomic_write", "devices")
 # Project module -> bundled module. The bundle has no ``model``: the competition brings its
 # own, so ``from model import check_images`` (the older spelling) goes to image_checks.
 IMPORT_MAP = {

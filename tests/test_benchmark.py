@@ -18,7 +18,7 @@ import defense
 import purifier.config
 import scripts.benchmark as benchmark_cli
 from defense import Defense
-from defenses import make_defense
+from defenses import ChainedDefense, make_defense
 from defenses.registry import DIFFPURE_KNOBS
 from paths import ROOT
 from scripts import benchmarking
@@ -41,6 +41,7 @@ from scripts.benchmarking import (
     linearity_seconds,
     score_shift,
     select_pairs,
+    split_chain,
     split_defense_spec,
     split_knobs,
     spread,
@@ -485,3 +486,30 @@ def test_defense_specs_change_knobs(tiny_weights: Path) -> None:
             split_knobs(bad)
     with pytest.raises(ValueError, match="t_star"):
         build_defense("ddpm:t_star=0", "cpu", weights=tiny_weights)  # values checked on build
+
+
+def test_defense_specs_chain_defenses(tiny_weights: Path) -> None:
+    spec = f"jpeg+ddpm@{tiny_weights}:t_star=30:gate=0"
+    assert split_chain(spec) == ["jpeg", f"ddpm@{tiny_weights}:t_star=30:gate=0"]
+    assert split_chain("ddpm") == ["ddpm"]
+    assert defense_label("jpeg+ddpm:gate=0") == "JPEG q50, then ours (defense.Defense), gate=0"
+    built = build_defense(spec, "cpu", seed=3)
+    assert isinstance(built, ChainedDefense)
+    jpeg, ddpm = built.parts
+    assert repr(jpeg) == repr(make_defense("jpeg")) and ddpm.config.t_star == 30
+    x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    expected = build_defense(spec.partition("+")[2], "cpu", seed=3).apply_defense(
+        make_defense("jpeg").apply_defense(x)
+    )
+    torch.testing.assert_close(built.apply_defense(x), expected, rtol=0, atol=0)
+    assert benchmark_cli.parse_defenses("jpeg+ddpm,ddpm") == ["jpeg+ddpm", "ddpm"]
+    for bad, message in (
+        ("jpeg+", "no empty part"),
+        ("+ddpm", "no empty part"),
+        ("jpeg+nope", "unknown or no defenses"),
+        ("jpeg+ddpm@no-such-weights", "no weights folder"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            benchmark_cli.parse_defenses(bad)
+    with pytest.raises(ValueError, match="at least two"):
+        ChainedDefense([make_defense("jpeg")])

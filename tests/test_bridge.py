@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attacks.registry import ATTACKS
@@ -96,8 +97,13 @@ def test_highpass_removes_block_means_only() -> None:
     checker = (torch.arange(8).view(1, 8) + torch.arange(8).view(8, 1)) % 2 * 2.0 - 1.0
     fine = checker.expand(1, 3, 8, 8)
     torch.testing.assert_close(highpass(fine + 0.5, 4), fine)
+    ramp = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 3, 10, 2)
+    column = [-1.5, -0.5, 0.5, 1.5, -1.5, -0.5, 0.5, 1.5, -0.5, 0.5]  # last block: rows 8, 9
+    assert highpass(ramp, 4)[0, 0, :, 0].tolist() == column
     odd = torch.rand(2, 3, 7, 5, generator=torch.Generator().manual_seed(0))
-    assert highpass(odd, 4).shape == odd.shape  # ceil blocks at the edges
+    detail = highpass(odd, 4)  # smaller blocks at the edges: each block's mean is removed
+    assert detail.shape == odd.shape
+    assert F.avg_pool2d(detail, 4, stride=4, ceil_mode=True).abs().max() < 1e-6
     with pytest.raises(ValueError, match="block"):
         highpass(flat, 1)
 

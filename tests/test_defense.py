@@ -91,6 +91,24 @@ def test_gradient_reaches_the_input(weights: Path) -> None:
     assert x.grad.abs().sum() > 0
 
 
+def test_gradients_reach_the_input_never_the_weights(weights: Path) -> None:
+    d = Defense(weights=weights, seed=0, **KNOBS)
+    assert not any(p.requires_grad for p in d.purifier.model.parameters())
+    assert not d.apply_defense(images(1)).requires_grad  # nothing to differentiate
+    x = images(1).requires_grad_(True)
+    d.apply_defense(x).sum().backward()
+    assert x.grad is not None
+    assert all(p.grad is None for p in d.purifier.model.parameters())
+
+
+def test_a_device_this_machine_lacks_is_a_value_error(weights: Path) -> None:
+    with pytest.raises(ValueError, match="invalid device 'cudaa'"):
+        Defense("cudaa", weights=weights)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Defense("cuda", weights=weights)
+
+
 def test_no_grad_gives_a_detached_output(weights: Path) -> None:
     x = images(1).requires_grad_(True)
     with torch.no_grad():

@@ -318,6 +318,10 @@ def test_denoise_one_shot_zero_model_is_identity() -> None:
     torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="B, 3, H, W"):
         denoise_one_shot(x[0], ZeroNoise(), ddpm_scheduler_config(), 10 / 255)
+    with pytest.raises(ValueError, match="float images"):
+        denoise_one_shot((x * 255).byte(), ZeroNoise(), ddpm_scheduler_config(), 10 / 255)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        denoise_one_shot(x / 0, ZeroNoise(), ddpm_scheduler_config(), 10 / 255)
 
 
 def test_denoise_one_shot_pinned() -> None:

@@ -227,6 +227,7 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
         "image_checks.py",
         "weights_manifest.py",
         "atomic_write.py",
+        "devices.py",
         "diffusion/__init__.py",
         "diffusion/denoiser.py",
         "diffusion/loading.py",

@@ -222,6 +222,20 @@ def test_damaged_and_non_image_files_are_skipped(
     assert "processed 1, skipped 0 (output exists), failed 4, ignored 1" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_load_image_turns_an_image_upright_by_its_exif_orientation(
+    tmp_path: Path, suffix: str
+) -> None:
+    pixels = np.zeros((20, 30, 3), dtype=np.uint8)
+    pixels[:4, :6] = 255  # a white top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / f"phone{suffix}", exif=exif)
+    image = load_image(tmp_path / f"phone{suffix}")
+    assert image.shape == (3, 30, 20)  # upright: the stored landscape shows as portrait
+    assert image[:, :6, -4:].mean() > 0.9 and image[:, -6:, :4].mean() < 0.1  # corner moved
+
+
 def test_load_image_reports_a_decompression_bomb(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

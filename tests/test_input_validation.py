@@ -20,6 +20,7 @@ from PIL import Image
 from attacks import make_attack
 from defense import Defense
 from defenses import make_defense
+from devices import resolve_device
 from image_checks import RANGE_SLACK, check_images
 from image_io import load_image, save_image
 from model import MetricModel
@@ -373,3 +374,23 @@ def test_purify_cli_on_a_4000_by_3000_photo(tiny_weights: Path, tmp_path: Path) 
     assert purify_main([*argv, "--t-star", "20", "--steps", "2", "--seed", "0"]) == 0
     with Image.open(tmp_path / "out" / "photo.png") as img:
         assert img.size == (4000, 3000)
+
+
+def test_resolve_device_names_what_is_wrong() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("cudaa", "gpu", "cuda:x", 3.5):
+        with pytest.raises(ValueError, match="invalid device"):
+            resolve_device(bad)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="CUDA"):
+        resolve_device(f"cuda:{count}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="MPS"):
+            resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            MetricModel("cuda")

@@ -96,6 +96,7 @@ def test_metric_is_differentiable_and_takes_any_size(p1q2_checkpoint: Path) -> N
     images = torch.rand(1, 3, 33, 45, requires_grad=True)
     metric(images).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in metric.parameters())
 
 
 def test_dataparallel_prefix_is_accepted(p1q2_checkpoint: Path, tmp_path: Path) -> None:

@@ -124,3 +124,14 @@ def test_default_defense_removes_most_of_a_sample_attack(attack: str) -> None:
         defended = Defense("cpu", seed=0).apply_defense(attacked)
         ref, adv, out = metric(torch.cat([reference, attacked, defended])).flatten().tolist()
     assert abs(out - ref) < 0.3 * abs(adv - ref)
+
+
+def test_every_top_level_module_is_installed() -> None:
+    """setup.cfg's ``py_modules`` lists every top-level module but the harness (test.py), so
+    a non-editable ``pip install .`` can import what the ``purify`` console script imports."""
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    listed = set(setup["options"]["py_modules"].split())
+    assert listed == {path.stem for path in ROOT.glob("*.py")} - {"test"}
