@@ -22,10 +22,20 @@ from safetensors.torch import save_file
 TEMP_SUFFIX = ".part"
 
 
-def _default_mode() -> int:
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def default_folder_mode() -> int:
+    """The permissions a plain ``mkdir`` gives (``0o777`` minus the umask); ``tempfile.mkdtemp``
+    gives ``0o700``."""
+    return 0o777 & ~_umask()
 
 
 def temp_path(path: Path) -> Path:

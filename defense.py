@@ -47,7 +47,10 @@ class Defense:
         t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius, gate,
             t_star_max, strength_ramp: knobs of ``PurifierConfig``; ValueError for bad values.
         seed: None (default) seeds the noise generator from OS entropy, so every call draws
-            fresh noise; an int makes the sequence of calls reproducible.
+            fresh noise; an int makes the sequence of calls reproducible: the same calls
+            with the same batches give the same pixels. One image's noise depends on the
+            batch it came in (one generator serves the batch), so for per-image
+            reproducibility call once per image (``scripts/purify.py --seed`` does so).
         weights: denoiser folder; None picks the newest released ``weights/ddpm-v<N>``
             (``purifier.MissingWeightsError`` if there is none).
         detector: perturbation-detector folder used when ``gate > 0`` or ``t_star_max > 0``

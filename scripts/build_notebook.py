@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 FAST = os.environ.get("QUICKSTART_FAST") == "1"
 DEVICE = "cpu"
 SEED = 0
-CROP = 48 if FAST else 256"""
+CROP = 48 if FAST else 192"""
 
 METRIC_MD = """\
 ## 1. The metric
@@ -176,8 +176,9 @@ NEXT = """\
 
 - Score a whole attacked dataset like the competition does:
   `python test.py --data_dir samples/kodak-attacked --output_dir outputs/sample --device cpu`
-- Compare with the classical defenses and DiffPure: `python scripts/benchmark.py`
-  (see `BENCHMARKS.md`).
+- Compare with the classical defenses and DiffPure: build the public set once
+  (`python scripts/make_dataset.py runs/public-set`, about 25 min), then
+  `python scripts/benchmark.py` (see `BENCHMARKS.md`).
 - Re-tune the purifier's knobs for your machine's time budget: `python scripts/tune.py`."""
 
 CELLS: tuple[tuple[str, str], ...] = (

@@ -52,6 +52,8 @@ def groups_of(args: argparse.Namespace) -> dict[str, list[Path]]:
     """Group name -> image paths (``<dataset>/reference``, ``<dataset>/<attack>``, folders)."""
     groups: dict[str, list[Path]] = {}
     for dataset in args.datasets:
+        if not dataset.is_dir():
+            raise SystemExit(f"{dataset} does not exist (build it with scripts/make_dataset.py)")
         if not (dataset / "reference").is_dir():
             raise SystemExit(f"{dataset} has no reference/ folder (competition layout)")
         groups[f"{dataset.name}: reference"] = list_images(dataset / "reference")

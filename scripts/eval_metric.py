@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     manifest = verify_manifest(args.weights)
     metric = standin_metric_model(args.weights)
-    rows = read_mos_csv(args.data, "test")
+    try:
+        rows = read_mos_csv(args.data, "test")
+    except FileNotFoundError as err:
+        raise SystemExit(f"eval_metric.py: error: {err}") from err
     images = load_uint8_images([r.path for r in rows], "test images")
     scores = []
     with torch.no_grad():

@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 
+from atomic_write import default_folder_mode  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
     PurifierConfig,
@@ -177,6 +178,7 @@ def export_submission(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(default_folder_mode())  # mkdtemp's 0o700 would make the bundle owner-only
     try:
         _write_runtime(staging)
         (staging / RUNTIME_PACKAGE / "purifier" / DEFAULTS_NAME).write_text(

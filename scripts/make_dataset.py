@@ -94,10 +94,16 @@ def parse_attacks(spec: str | Sequence[str] | None) -> list[str]:
 
 
 def select_images(input_dir: str | Path, limit: int | None) -> list[Path]:
-    """The first ``limit`` images of ``input_dir`` (sorted); base names must be unique."""
+    """The first ``limit`` images of ``input_dir`` (sorted, top level only: the competition
+    layout is flat; images in sub-folders are counted in a warning); base names must be
+    unique."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    paths = list_images(input_dir)[:limit]
+    top = list_images(input_dir)
+    nested = len(list_images(input_dir, recursive=True)) - len(top)
+    if nested:
+        logger.warning("%d image(s) in sub-folders of %s are not used", nested, input_dir)
+    paths = top[:limit]
     if not paths:
         raise ValueError(f"no images in {input_dir}")
     stems: dict[str, Path] = {}

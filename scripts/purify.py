@@ -41,6 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
+from devices import resolve_device  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
@@ -145,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--tile-overlap must be >= 1 and less than half of --tile")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -215,11 +220,10 @@ def run(
     started = time.perf_counter()
     desc = "purifying" if count == 1 else f"purifying (process 0 of {count})"
     total = sum(len(b) for b in batches)
-    with tqdm(total=total, unit="image", desc=desc, disable=not main_process) as bar:
+    show_bar = main_process and not args.quiet
+    with tqdm(total=total, unit="image", desc=desc, disable=not show_bar) as bar:
         for batch in batches:
-            done = purify_batch(
-                batch, purifier, args.tile, args.tile_overlap, args.seed, main_process
-            )
+            done = purify_batch(batch, purifier, args.tile, args.tile_overlap, args.seed, show_bar)
             processed += done
             failed += len(batch) - done
             bar.update(len(batch))

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from atomic_write import default_folder_mode
 from defense import Defense
 from paths import ROOT
 from purifier import (
@@ -221,6 +222,7 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
         "weights",
     ]
     assert [p.name for p in folder.glob("*.py")] == ["defense.py"]  # no model.py
+    assert folder.stat().st_mode & 0o777 == default_folder_mode()  # not mkdtemp's 0o700
     package = folder / PACKAGE
     assert {p.relative_to(package).as_posix() for p in package.rglob("*.py")} == {
         "__init__.py",

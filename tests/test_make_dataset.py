@@ -11,7 +11,7 @@ from torch import nn
 import scripts.make_dataset as make_dataset_script
 from image_io import centre_crop, load_image, save_image
 from model import check_images
-from scripts.make_dataset import job_seed, make_dataset, parse_attacks
+from scripts.make_dataset import job_seed, make_dataset, parse_attacks, select_images
 
 ATTACKS = ["fgsm", "ifgsm"]
 
@@ -139,6 +139,13 @@ def test_bad_arguments(clean_dir, tmp_path):
         make_dataset(tmp_path / "empty", tmp_path / "o2", metric, attacks="fgsm", progress=False)
     with pytest.raises(ValueError, match="not a folder"):
         make_dataset(tmp_path / "none", tmp_path / "o3", metric, attacks="fgsm", progress=False)
+
+
+def test_images_in_sub_folders_are_counted_in_a_warning(tmp_path, caplog):
+    for rel in ("a.png", "b.png", "sub/c.png", "sub/deeper/d.png"):
+        save_image(torch.rand(3, 8, 8), tmp_path / "in" / rel)
+    assert [p.name for p in select_images(tmp_path / "in", None)] == ["a.png", "b.png"]
+    assert "2 image(s) in sub-folders" in caplog.text
 
 
 def test_helpers():

@@ -149,6 +149,7 @@ def test_truncated_image_is_skipped_and_the_batch_goes_on(
         ["--tile", "16", "--tile-overlap", "8"],
         ["--tile", "8", "--tile-overlap", "2"],
         ["--tile", "64", "--tile-overlap", "0"],
+        ["--device", "cudaa"],
     ],
 )
 def test_bad_options_exit(tree: Path, tmp_path: Path, weights: Path, bad: list[str]) -> None:

@@ -293,3 +293,10 @@ def test_random_crop_is_seeded_and_in_range() -> None:
     b = random_crop(image, 8, torch.Generator().manual_seed(0))
     assert a.shape == (3, 8, 8) and torch.equal(a, b)
     assert a.dtype == torch.float32 and a.min() >= 0 and a.max() <= 1
+
+
+def test_eval_metric_names_missing_data_without_a_traceback(tmp_path: Path) -> None:
+    from scripts import eval_metric
+
+    with pytest.raises(SystemExit, match=r"^eval_metric\.py: error: .*mos\.csv"):
+        eval_metric.main(["--data", str(tmp_path), "--threads", "1", "--skip-speed"])

@@ -122,6 +122,16 @@ def test_eval_detector_cli_on_a_tiny_dataset(tmp_path: Path) -> None:
     assert "| set: fgsm | 2 |" in report["table"] and "| 1.00 | 0.00 |" in report["table"]
 
 
+def test_eval_detector_names_a_dataset_that_does_not_exist(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    detector = str(save_detector(PerturbationDetector((4, 4, 4, 4)), tmp_path / "d-v1", "1"))
+    with pytest.raises(SystemExit, match=r"nope does not exist \(build it with"):
+        eval_detector.main(["--detector", detector, "--datasets", str(tmp_path / "nope")])
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(SystemExit, match="no reference/ folder"):
+        eval_detector.main(["--detector", detector, "--datasets", str(tmp_path / "flat")])
+
+
 def test_eval_detector_needs_something_to_score(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         eval_detector.parse_args([])
