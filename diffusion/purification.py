@@ -41,13 +41,16 @@ def purify(
     scheduler: SchedulerMixin,
     timesteps: Sequence[int],
     generator: torch.Generator | int | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Purify ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device, in
     [0, 1].
 
     ``scheduler`` must already be configured (see ``schedulers.make_scheduler``) so that
     ``timesteps`` (descending) is the tail of ``scheduler.timesteps``; ``model`` predicts
-    noise from ``(x_t, t)`` in [-1, 1]. All noise comes from ``generator`` (or an int seed).
+    noise from ``(x_t, t)`` in [-1, 1]. All noise comes from ``generator`` (or an int seed),
+    except the start noise when ``noise`` (standard normal, the images' shape) is given: a
+    tile of a large image takes its crop of one whole-image draw.
     """
     check_images(images)
     kept = [int(t) for t in timesteps]
@@ -55,9 +58,12 @@ def purify(
     generator = make_generator(generator)
     dtype = next(model.parameters()).dtype
     clean = images.to(dtype) * 2.0 - 1.0
-    noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=dtype)
+    if noise is None:
+        noise = torch.randn(clean.shape, generator=generator, device=generator.device, dtype=dtype)
+    elif noise.shape != clean.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must match images {tuple(clean.shape)}")
     start = torch.full((clean.shape[0],), kept[0], dtype=torch.long, device=clean.device)
-    sample = scheduler.add_noise(clean, noise.to(clean.device), start)
+    sample = scheduler.add_noise(clean, noise.to(device=clean.device, dtype=dtype), start)
     for t in kept:
         eps = model(sample, t)
         sample = scheduler.step(eps, t, sample, generator=generator).prev_sample

@@ -16,7 +16,7 @@ from diffusion import load_denoiser, make_generator, purify
 from model import check_images
 from purifier.config import PurifierConfig, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
-from purifier.tiling import tiled_apply
+from purifier.tiling import tiled_apply_windows
 from purifier.unsharp import unsharp_mask
 from schedulers import make_scheduler
 
@@ -132,12 +132,21 @@ class DiffusionPurifier:
     ) -> torch.Tensor:
         """``__call__`` with images larger than ``tile`` purified in overlapping tiles
         (``purifier.tiled_apply``, ``desc`` names its progress bar); gate and noise level are
-        decided on each whole image, so all tiles of a photo are treated alike."""
+        decided on each whole image, so all tiles of a photo are treated alike. The start noise
+        of each run is drawn once for the whole image and each tile takes its crop, so the
+        overlaps blend one noise field, not two independent ones (which would leave bands of
+        lower grain along the seams). Later steps of a multi-step DDPM chain draw per tile."""
 
         def purify_tiles(x: torch.Tensor, t_star: int) -> torch.Tensor:
-            return tiled_apply(
-                x, lambda tile_x: self.purify_all(tile_x, generator, t_star), tile, overlap, desc
-            )
+            if x.shape[-2] <= tile and x.shape[-1] <= tile:
+                return self.purify_all(x, generator, t_star)
+            draw = self.generator if generator is None else generator
+            noise = torch.randn((self.config.ensemble, *x.shape), generator=draw)
+
+            def purify_tile(piece: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+                return self.purify_all(piece, generator, t_star, noise[..., rows, cols])
+
+            return tiled_apply_windows(x, purify_tile, tile, overlap, desc)
 
         return self._planned(images, purify_tiles)
 
@@ -161,16 +170,24 @@ class DiffusionPurifier:
         images: torch.Tensor,
         generator: torch.Generator | None = None,
         t_star: int | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``__call__`` without the detector: every image is purified from noise level
-        ``t_star`` (default ``config.t_star``)."""
+        ``t_star`` (default ``config.t_star``). ``noise`` ``(ensemble, B, 3, H, W)``, standard
+        normal, gives each run's start noise (else drawn from the generator)."""
         check_images(images)
         generator = self.generator if generator is None else generator
         scheduler, timesteps = self.chain(self.config.t_star if t_star is None else t_star)
         x = images.to(self.device)
+        if noise is not None and noise.shape != (self.config.ensemble, *images.shape):
+            raise ValueError(
+                f"noise {tuple(noise.shape)} must be (ensemble, *images.shape) = "
+                f"{(self.config.ensemble, *images.shape)}"
+            )
         total = None
-        for _ in range(self.config.ensemble):
-            run = purify(x, self.model, scheduler, timesteps, generator)
+        for k in range(self.config.ensemble):
+            start = None if noise is None else noise[k]
+            run = purify(x, self.model, scheduler, timesteps, generator, start)
             total = run if total is None else total + run
         purified = total / self.config.ensemble if self.config.ensemble > 1 else total
         purified = unsharp_mask(purified, self.config.unsharp_amount, self.config.unsharp_radius)

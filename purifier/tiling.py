@@ -17,6 +17,8 @@ import torch
 from tqdm import tqdm
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
+WindowFn = Callable[[torch.Tensor, slice, slice], torch.Tensor]
+"""``fn(tile, rows, cols)``: also told where the tile sits (``images[..., rows, cols]``)."""
 
 
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
@@ -60,12 +62,24 @@ def tiled_apply(
     Images no larger than ``tile`` in both sides go to ``fn`` whole. ``desc`` shows a tqdm
     bar over the tiles.
     """
+    return tiled_apply_windows(images, lambda piece, rows, cols: fn(piece), tile, overlap, desc)
+
+
+def tiled_apply_windows(
+    images: torch.Tensor,
+    fn: WindowFn,
+    tile: int,
+    overlap: int = 32,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """``tiled_apply`` for an ``fn(piece, rows, cols)`` that also needs the tile's place, e.g.
+    to crop inputs drawn for the whole image; a whole image is ``fn(images, :, :)``."""
     _check_tiling(tile, overlap)
     if images.dim() != 4:
         raise ValueError(f"expected (B, C, H, W), got shape {tuple(images.shape)}")
     height, width = images.shape[-2:]
     if height <= tile and width <= tile:
-        return fn(images)
+        return fn(images, slice(None), slice(None))
     rows = tile_spans(height, tile, overlap)
     cols = tile_spans(width, tile, overlap)
     blended = torch.zeros(images.shape, dtype=torch.float64, device=images.device)
@@ -73,7 +87,7 @@ def tiled_apply(
     spans = [(r, c) for r in rows for c in cols]
     for (top, bottom), (left, right) in tqdm(spans, desc=desc, disable=desc is None, leave=False):
         piece = images[..., top:bottom, left:right]
-        out = fn(piece)
+        out = fn(piece, slice(top, bottom), slice(left, right))
         if out.shape != piece.shape:
             raise ValueError(
                 f"fn changed the tile shape {tuple(piece.shape)} -> {tuple(out.shape)}"

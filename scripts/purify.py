@@ -12,10 +12,11 @@ written onto an input or inside the input folder. Unreadable files are reported 
 grey images are replicated to RGB and alpha is dropped. With ``--seed`` each image's noise
 depends only on the seed and its path relative to the input folder (images are then purified
 one at a time), so a resumed or re-batched run writes the same pixels. Images larger than
-``--tile`` are processed tile by tile with blended overlaps (peak about 2 GB for a 4000 x 3000
-photo: the blend keeps whole-image float64 sums, 32 bytes per pixel, and one tile is purified
-at a time); ``--tile 0`` purifies whole images (about 330 bytes per pixel, ~4 GB
-for a 4000 x 3000 photo). Exit code 1 if any image failed, 2 if nothing could start.
+``--tile`` are processed tile by tile with blended overlaps (peak 2.1 GiB for a 4000 x 3000
+photo: the blend keeps whole-image float64 sums, 32 bytes per pixel, the runs' start noise is
+drawn for the whole photo, 48 bytes per pixel, and one tile is purified at a time);
+``--tile 0`` purifies whole images (about 330 bytes per pixel, ~4 GB for a 4000 x 3000
+photo). Exit code 1 if any image failed, 2 if nothing could start.
 
 Data-parallel: started N times by ``accelerate launch --multi_gpu --num_processes N`` (or
 ``torchrun --nproc_per_node N``), each process purifies its own shard of the files (balanced

@@ -322,10 +322,11 @@ def test_unsharp_mask_contract() -> None:
 def test_large_images_are_purified_in_tiles(weights: Path) -> None:
     x = images(batch=1, height=90, width=150, seed=3)
     tiled = Defense(weights=weights, seed=5, tile=80).apply_defense(x)
-    reference = Defense(weights=weights, seed=5, tile=None)
-    expected = purifier.tiled_apply(x, reference.purifier, 80, defense.TILE_OVERLAP)
-    assert torch.equal(tiled, expected)
+    assert torch.equal(tiled, Defense(weights=weights, seed=5, tile=80).apply_defense(x))
     assert tiled.shape == x.shape and tiled.min() >= 0 and tiled.max() <= 1
+    reference = Defense(weights=weights, seed=5, tile=None)
+    per_tile_draws = purifier.tiled_apply(x, reference.purifier, 80, defense.TILE_OVERLAP)
+    assert not torch.equal(tiled, per_tile_draws)  # tiles crop one whole-image draw instead
     whole = Defense(weights=weights, seed=5).apply_defense(x)  # below DEFAULT_TILE: one piece
     assert torch.equal(whole, Defense(weights=weights, seed=5, tile=None).apply_defense(x))
     assert not torch.equal(whole, tiled)

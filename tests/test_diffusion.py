@@ -542,3 +542,35 @@ def test_train_script_stops_on_signal_without_output(tmp_path: Path) -> None:
     assert train_ddpm.train(args, "test", [signal.SIGTERM]) == 1
     assert not output.exists()
     load_denoiser(run_dir / "ema_latest")
+
+
+# --- tiles share one noise field ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 1), ("ddim", 2)])
+def test_tiles_take_crops_of_one_whole_image_noise_draw(sampler: str, steps: int) -> None:
+    """With a pointwise network, tiles cut from one noise field blend back to exactly the
+    whole-image result with that noise: no seams in the grain. (Independent draws per tile
+    would average two noise fields along every overlap.)"""
+    from purifier import DiffusionPurifier, PurifierConfig
+
+    config = PurifierConfig(t_star=39, steps=steps, sampler=sampler, ensemble=2)
+    x = images(1, 50, 70, seed=4)
+    tiled = DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=9)
+    out = tiled.tiled(x, tile=24, overlap=4)
+    noise = torch.randn((2, *x.shape), generator=torch.Generator().manual_seed(9))
+    whole = DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=0)
+    torch.testing.assert_close(out, whole.purify_all(x, noise=noise), rtol=0, atol=1e-6)
+    small = images(1, 20, 20, seed=4)  # fits one tile: the whole-image path, noise as before
+    torch.testing.assert_close(
+        DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=9).tiled(
+            small, tile=24, overlap=4
+        ),
+        DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=9)(small),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(ValueError, match="ensemble, \\*images.shape"):
+        whole.purify_all(x, noise=noise[:1])
+    with pytest.raises(ValueError, match="must match images"):
+        purify(x, ZeroNoise(), *make_scheduler("ddpm", 39, 1), noise=noise[0, ..., :8])

@@ -256,10 +256,10 @@ def test_a_failed_purification_skips_that_batch_only(
     save_image(random_image(9, 9, 1), source / "odd.png")
     original = DiffusionPurifier.purify_all  # what every path (whole or tiled) runs
 
-    def out_of_memory(self, images, generator=None, t_star=None):
+    def out_of_memory(self, images, generator=None, t_star=None, noise=None):
         if images.shape[-1] == 9:
             raise RuntimeError("DefaultCPUAllocator: not enough memory")
-        return original(self, images, generator, t_star)
+        return original(self, images, generator, t_star, noise)
 
     monkeypatch.setattr(DiffusionPurifier, "purify_all", out_of_memory)
     assert purify(source, tmp_path / "out", tiny_weights) == 1

@@ -135,9 +135,9 @@ def test_tiled_images_get_one_level_each(tiny_weights: Path, monkeypatch) -> Non
     levels = []
     original = purifier.purify_all
 
-    def spy(x, generator=None, t_star=None):
+    def spy(x, generator=None, t_star=None, noise=None):
         levels.append(t_star)
-        return original(x, generator, t_star)
+        return original(x, generator, t_star, noise)
 
     monkeypatch.setattr(purifier, "purify_all", spy)
     out = purifier.tiled(images(1, 40), tile=24, overlap=4)
