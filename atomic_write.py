@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,15 +52,21 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then ``publish`` it over ``path``;
+    on error the temp file is removed and ``path`` is untouched."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def save_tensors(
@@ -68,13 +74,7 @@ def save_tensors(
 ) -> None:
     """Write ``tensors`` (contiguous, any device) to the safetensors file ``path`` atomically,
     with default permissions."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from atomic_write import TEMP_SUFFIX, publish, temp_path
+from atomic_write import TEMP_SUFFIX, write_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What PIL raises for a file it cannot decode. DecompressionBombError (more than twice
@@ -71,13 +71,8 @@ def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image extension: {path.suffix!r}")
-    tmp = temp_path(path)
-    try:
-        options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-        pil.save(tmp, format=fmt, **options)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    write_atomic(path, lambda tmp: pil.save(tmp, format=fmt, **options))
 
 
 def temp_file_target(path: str | Path) -> Path | None:

@@ -16,7 +16,7 @@ from diffusion import load_denoiser, make_generator, purify
 from model import check_images
 from purifier.config import PurifierConfig, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
-from purifier.tiling import tiled_apply_windows
+from purifier.tiling import fits_one_tile, tiled_apply_windows
 from purifier.unsharp import unsharp_mask
 from schedulers import make_scheduler
 
@@ -138,7 +138,7 @@ class DiffusionPurifier:
         lower grain along the seams). Later steps of a multi-step DDPM chain draw per tile."""
 
         def purify_tiles(x: torch.Tensor, t_star: int) -> torch.Tensor:
-            if x.shape[-2] <= tile and x.shape[-1] <= tile:
+            if fits_one_tile(x, tile):  # no whole-image noise draw: same noise as untiled
                 return self.purify_all(x, generator, t_star)
             draw = self.generator if generator is None else generator
             noise = torch.randn((self.config.ensemble, *x.shape), generator=draw)

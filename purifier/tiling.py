@@ -21,6 +21,11 @@ WindowFn = Callable[[torch.Tensor, slice, slice], torch.Tensor]
 """``fn(tile, rows, cols)``: also told where the tile sits (``images[..., rows, cols]``)."""
 
 
+def fits_one_tile(images: torch.Tensor, tile: int) -> bool:
+    """Whether ``(..., H, W)`` is no larger than ``tile`` on both sides (processed whole)."""
+    return images.shape[-2] <= tile and images.shape[-1] <= tile
+
+
 def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """``(start, stop)`` of the tiles covering ``0..length`` along one axis, evenly spread,
     each ``min(tile, length)`` long, neighbours overlapping by ``>= overlap``."""
@@ -77,9 +82,9 @@ def tiled_apply_windows(
     _check_tiling(tile, overlap)
     if images.dim() != 4:
         raise ValueError(f"expected (B, C, H, W), got shape {tuple(images.shape)}")
-    height, width = images.shape[-2:]
-    if height <= tile and width <= tile:
+    if fits_one_tile(images, tile):
         return fn(images, slice(None), slice(None))
+    height, width = images.shape[-2:]
     rows = tile_spans(height, tile, overlap)
     cols = tile_spans(width, tile, overlap)
     blended = torch.zeros(images.shape, dtype=torch.float64, device=images.device)
