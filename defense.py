@@ -30,7 +30,8 @@ class Defense:
     """Purify float ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device.
 
     Any batch size ``B >= 1`` and any ``H x W`` (1 x 1 and odd sizes too: the denoiser pads
-    internally). Any float dtype: the denoiser runs in float32 and the result is cast back
+    internally). Any float dtype: the denoiser runs in float32 (its convolutions in bfloat16
+    where ``precision`` says so) and the result is cast back
     (float64 in, float64 out). Anything else raises ``ValueError`` naming the problem and the
     fix (``image_checks``): uint8 (divide by 255), 1 or 4 channels (tensors are never
     converted silently), a missing batch axis, NaN/Inf, values outside [0, 1], an empty batch.
@@ -46,7 +47,10 @@ class Defense:
     Args:
         device: where the denoiser runs.
         t_star, steps, sampler, spacing, ensemble, unsharp_amount, unsharp_radius, gate,
-            t_star_max, strength_ramp: knobs of ``PurifierConfig``; ValueError for bad values.
+            t_star_max, strength_ramp, precision: knobs of ``PurifierConfig``; ValueError for
+            bad values. ``precision`` ``"auto"`` (the default) runs the denoiser in bfloat16
+            autocast where the hardware has native bfloat16, else float32; ``"float32"``
+            gives the same pixels on every machine.
         seed: None (default) seeds the noise generator from OS entropy, so every call draws
             fresh noise; an int makes the sequence of calls reproducible: the same calls
             with the same batches give the same pixels. One image's noise depends on the
@@ -79,6 +83,7 @@ class Defense:
         gate: float | None = None,
         t_star_max: int | None = None,
         strength_ramp: float | None = None,
+        precision: str | None = None,
         seed: int | None = None,
         weights: str | Path | None = None,
         detector: str | Path | None = None,
@@ -103,6 +108,7 @@ class Defense:
             gate=gate,
             t_star_max=t_star_max,
             strength_ramp=strength_ramp,
+            precision=precision,
         )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")

@@ -42,6 +42,7 @@ def purify(
     timesteps: Sequence[int],
     generator: torch.Generator | int | None = None,
     noise: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Purify ``(B, 3, H, W)`` images in [0, 1]; returns the same shape, dtype and device, in
     [0, 1].
@@ -50,7 +51,9 @@ def purify(
     ``timesteps`` (descending) is the tail of ``scheduler.timesteps``; ``model`` predicts
     noise from ``(x_t, t)`` in [-1, 1]. All noise comes from ``generator`` (or an int seed),
     except the start noise when ``noise`` (standard normal, the images' shape) is given: a
-    tile of a large image takes its crop of one whole-image draw.
+    tile of a large image takes its crop of one whole-image draw. ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``, see ``diffusion.precision``) runs the network's forward under
+    ``torch.autocast``; the schedule math stays in the model's dtype.
     """
     check_images(images)
     kept = [int(t) for t in timesteps]
@@ -65,7 +68,11 @@ def purify(
     start = torch.full((clean.shape[0],), kept[0], dtype=torch.long, device=clean.device)
     sample = scheduler.add_noise(clean, noise.to(device=clean.device, dtype=dtype), start)
     for t in kept:
-        eps = model(sample, t)
+        with torch.autocast(
+            clean.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+        ):
+            eps = model(sample, t)
+        eps = eps.to(dtype)
         sample = scheduler.step(eps, t, sample, generator=generator).prev_sample
     return ((sample + 1.0) * 0.5).clamp(0.0, 1.0).to(images.dtype)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffusion.precision import PRECISIONS
 from schedulers import (
     SAMPLERS,
     SPACINGS,
@@ -52,6 +53,10 @@ class PurifierConfig:
             floor, so an attacker who fools the detector gets ``t_star``, never less.
         strength_ramp: estimated perturbation strength (RMS, 1/255 units) at which the noise
             level reaches ``t_star_max``.
+        precision: the denoiser's arithmetic: ``"float32"``, ``"bfloat16"`` (autocast) or
+            ``"auto"``, bfloat16 where the device runs it natively
+            (``diffusion.precision``): about 1.8x faster on a CPU with AMX, pixels within
+            ~1/255 of float32. Pin ``"float32"`` for results identical across machines.
 
     The perturbation detector is loaded only when ``gate > 0`` or ``t_star_max > 0``
     (``uses_detector``).
@@ -67,6 +72,7 @@ class PurifierConfig:
     gate: float = 0.0
     t_star_max: int = 0
     strength_ramp: float = 8.0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check_float("gate", self.gate, minimum=0.0)
@@ -77,6 +83,8 @@ class PurifierConfig:
         _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if self.sampler == "ddim" and self.spacing != "uniform":

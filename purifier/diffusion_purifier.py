@@ -13,6 +13,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from diffusion import load_denoiser, make_generator, purify
+from diffusion.precision import compute_dtype
 from model import check_images
 from purifier.config import PurifierConfig, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
@@ -58,6 +59,7 @@ class DiffusionPurifier:
         self._chains: dict[int, tuple[SchedulerMixin, list[int]]] = {}
         self.scheduler, self.timesteps = self.chain(self.config.t_star)
         self.generator = make_generator(seed)
+        self.autocast_dtype = compute_dtype(self.config.precision, self.device)
 
     @classmethod
     def from_pretrained(
@@ -187,7 +189,7 @@ class DiffusionPurifier:
         total = None
         for k in range(self.config.ensemble):
             start = None if noise is None else noise[k]
-            run = purify(x, self.model, scheduler, timesteps, generator, start)
+            run = purify(x, self.model, scheduler, timesteps, generator, start, self.autocast_dtype)
             total = run if total is None else total + run
         purified = total / self.config.ensemble if self.config.ensemble > 1 else total
         purified = unsharp_mask(purified, self.config.unsharp_amount, self.config.unsharp_radius)

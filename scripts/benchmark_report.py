@@ -193,6 +193,14 @@ def short_description(description: str) -> str:
     return re.sub(r"timesteps=\[([0-9, ]*)\]", cut, description)
 
 
+def _bfloat16_note(machine: Mapping[str, Any]) -> str:
+    """``", CPU with native bfloat16"`` (what ``precision="auto"`` uses) or ``", CPU without
+    native bfloat16"``; empty for records made before the field existed."""
+    if "native_bfloat16" not in machine:
+        return ""
+    return f", CPU {'with' if machine['native_bfloat16'] else 'without'} native bfloat16"
+
+
 def render_markdown(
     runs: Mapping[str, DefenseRun], meta: Mapping[str, Any], grid: str | None = None
 ) -> str:

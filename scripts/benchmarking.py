@@ -30,6 +30,7 @@ from torch import nn
 
 from defenses.chain import ChainedDefense
 from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
+from diffusion.precision import has_native_bfloat16
 from image_io import load_image
 from model import IQAModel
 from paths import ROOT
@@ -487,6 +488,7 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "native_bfloat16": has_native_bfloat16(torch.device("cpu")),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -48,6 +48,7 @@ import diffusers  # noqa: E402
 import torch  # noqa: E402
 
 from atomic_write import default_folder_mode  # noqa: E402
+from diffusion.precision import PRECISIONS  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
     PurifierConfig,
@@ -72,7 +73,7 @@ RUNTIME_PACKAGE = "iqa_purify_runtime"
 # Modules of each package that run inside Defense; the rest (training, benchmarks, folder
 # planning) stay out and their re-exports are pruned from the package __init__.
 RUNTIME_MODULES = {
-    "diffusion": ("denoiser", "loading", "noise", "purification"),
+    "diffusion": ("denoiser", "loading", "noise", "precision", "purification"),
     "schedulers": ("factory", "timestep_spacing"),
     "purifier": (
         "config",
@@ -402,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     knobs.add_argument(
         "--strength-ramp", type=float, default=None, help="estimate (1/255) at t_star_max"
+    )
+    knobs.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="denoiser arithmetic (auto: bfloat16 where the hardware has it)",
     )
     return parser
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from devices import resolve_device  # noqa: E402
+from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="purify",
         description=__doc__.split("\n\n")[0],
-        epilog="Knobs left out (--t-star ... --strength-ramp) come from purifier/defaults.json "
+        epilog="Knobs left out (--t-star ... --precision) come from purifier/defaults.json "
         "if present, else the provisional defaults: " + _knobs(PROVISIONAL_DEFAULTS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -110,6 +111,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="estimated perturbation (RMS, 1/255) at which --t-star-max is reached",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="denoiser arithmetic: auto (bfloat16 where the hardware runs it natively), "
+        "float32 (identical results across machines) or bfloat16",
     )
     parser.add_argument(
         "--seed",

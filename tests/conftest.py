@@ -16,7 +16,9 @@ from purifier.perturbation_detector import save_detector
 from standin_metric import save_standin
 from weights_manifest import write_manifest
 
-TINY_DEFENSE_KNOBS = {"t_star": 20, "steps": 2}
+TINY_DEFENSE_KNOBS = {"t_star": 20, "steps": 2, "precision": "float32"}
+"""float32 so pinned outputs and finite-difference checks hold on machines with and without
+native bfloat16 (``precision="auto"`` depends on the hardware)."""
 
 P1Q2_K = [0.5, 2.0, 3.0]
 P1Q2_B = [10.0, 20.0, 30.0]
@@ -78,7 +80,8 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_defense(tiny_weights: Path) -> Defense:
-    """``Defense`` on the tiny denoiser, seed 0, t*=20 with 2 steps (``TINY_DEFENSE_KNOBS``)."""
+    """``Defense`` on the tiny denoiser, seed 0, t*=20 with 2 steps, float32
+    (``TINY_DEFENSE_KNOBS``)."""
     return Defense("cpu", weights=tiny_weights, seed=0, config=PurifierConfig(**TINY_DEFENSE_KNOBS))
 
 

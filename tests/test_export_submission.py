@@ -48,6 +48,7 @@ PINNED = {
     "gate": 0.0,
     "t_star_max": 0,
     "strength_ramp": 6.0,
+    "precision": "float32",
 }
 
 
@@ -234,6 +235,7 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
         "diffusion/denoiser.py",
         "diffusion/loading.py",
         "diffusion/noise.py",
+        "diffusion/precision.py",
         "diffusion/purification.py",
         "schedulers/__init__.py",
         "schedulers/factory.py",
