@@ -50,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
+from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
 from paths import ROOT  # noqa: E402
 from scripts.benchmarking import harness, json_ready, machine_info, spread  # noqa: E402
@@ -415,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--strength-ramp", type=float, default=None, help="estimate (1/255) at t_star_max"
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="defense's denoiser arithmetic (default: auto); float32 gives the attacker "
+        "gradients without bfloat16 rounding",
+    )
+    parser.add_argument(
         "--adaptive",
         default="full,bpda,evade",
         help="adaptive settings to run: any of full, bpda, evade (evade needs a detector)",
@@ -485,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate=args.gate,
             t_star_max=args.t_star_max,
             strength_ramp=args.strength_ramp,
+            precision=args.precision,
             weights=args.weights,
             seed=args.seed,
         )

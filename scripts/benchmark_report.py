@@ -216,7 +216,7 @@ def render_markdown(
         f"- Date: {meta['date']}",
         f"- Machine: {machine['cores']} cores ({machine['processor']}), "
         f"{machine['torch_threads']} torch threads, {machine['platform']}, "
-        f"torch {machine['torch']}, device {meta['device']}",
+        f"torch {machine['torch']}, device {meta['device']}{_bfloat16_note(machine)}",
         f"- Data: `{meta['data_dir']}`: {meta['attacks']} attacks, "
         f"{meta['images_per_attack']} images per attack; metric: {meta['metric']}",
         f"- Seed {meta['seed']}; batch size {meta['batch_size']}; "

@@ -62,11 +62,13 @@ def measure_peak_memory(
     threads: int = 1,
     seed: int = 0,
     timeout: float | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Purify a synthetic ``height x width`` image in a fresh subprocess (``mode``:
     ``"defense"`` or ``"purify"``) and return its figures: ``peak_rss_bytes``/``_gb``,
     ``baseline_rss_gib``, ``seconds``, ``within_target`` (<= ``TARGET_GIB``) and the settings.
-    ``tile``/``overlap`` apply to ``purify`` only (None: the CLI's defaults). ValueError for
+    ``tile``/``overlap`` apply to ``purify`` only (None: the CLI's defaults); ``precision``
+    is the denoiser's (None: the defaults' ``"auto"``). ValueError for
     bad options, RuntimeError if the subprocess fails (e.g. killed for lack of memory)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -83,6 +85,7 @@ def measure_peak_memory(
         ("--steps", steps),
         ("--tile", tile),
         ("--tile-overlap", overlap),
+        ("--precision", precision),
     ):
         if value is not None:
             argv += [flag, str(value)]
@@ -203,7 +206,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         from defense import Defense
 
         defense = Defense(
-            "cpu", t_star=args.t_star, steps=args.steps, weights=args.weights, seed=args.seed
+            "cpu",
+            t_star=args.t_star,
+            steps=args.steps,
+            precision=args.precision,
+            weights=args.weights,
+            seed=args.seed,
         )
         config, weights_dir = defense.config, defense.weights
         image = smooth_image(args.height, args.width, args.seed)
@@ -226,6 +234,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             ("--steps", args.steps),
             ("--tile", args.tile),
             ("--tile-overlap", args.tile_overlap),
+            ("--precision", args.precision),
         ):
             if value is not None:
                 knobs += [flag, str(value)]
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--tile", type=int, default=None, help="purify mode (default: the CLI's)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="purify mode")
+    parser.add_argument(
+        "--precision", default=None, help="denoiser arithmetic: auto (default), float32, bfloat16"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the subprocess")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
@@ -319,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     threads=args.threads,
                     seed=args.seed,
                     timeout=args.timeout,
+                    precision=args.precision,
                     **tiling,
                 )
             )

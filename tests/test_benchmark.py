@@ -368,6 +368,11 @@ def test_render_markdown_without_grid_and_short_descriptions() -> None:
     }
     text = render_markdown(runs, meta)
     assert "## Examples" not in text and "32x32: 0.500 s" in text
+    for native, words in ((True, "CPU with native bfloat16"), (False, "CPU without native")):
+        machine = {**meta["machine"], "native_bfloat16": native}
+        assert words in render_markdown(runs, {**meta, "machine": machine})
+    older = {k: v for k, v in meta["machine"].items() if k != "native_bfloat16"}
+    assert "bfloat16" not in render_markdown(runs, {**meta, "machine": older})
     long = "X(timesteps=[9, 8, 7, 6, 5, 4, 3, 2, 1, 0])"
     assert short_description(long) == "X(timesteps=[9, 8, 7, ..., 0] (10 steps))"
     assert short_description("X(timesteps=[60, 30])") == "X(timesteps=[60, 30])"
