@@ -59,7 +59,6 @@ class DiffusionPurifier:
         self._chains: dict[int, tuple[SchedulerMixin, list[int]]] = {}
         self.scheduler, self.timesteps = self.chain(self.config.t_star)
         self.generator = make_generator(seed)
-        self.autocast_dtype = compute_dtype(self.config.precision, self.device)
 
     @classmethod
     def from_pretrained(
@@ -85,6 +84,12 @@ class DiffusionPurifier:
     def device(self) -> torch.device:
         """Where the denoiser runs (inputs elsewhere are moved there and back)."""
         return next(self.model.parameters()).device
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The denoiser's autocast dtype on its current device (``config.precision``; None:
+        plain float32)."""
+        return compute_dtype(self.config.precision, self.device)
 
     def __repr__(self) -> str:
         knobs = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
@@ -186,10 +191,10 @@ class DiffusionPurifier:
                 f"noise {tuple(noise.shape)} must be (ensemble, *images.shape) = "
                 f"{(self.config.ensemble, *images.shape)}"
             )
-        total = None
+        total, autocast_dtype = None, self.autocast_dtype
         for k in range(self.config.ensemble):
             start = None if noise is None else noise[k]
-            run = purify(x, self.model, scheduler, timesteps, generator, start, self.autocast_dtype)
+            run = purify(x, self.model, scheduler, timesteps, generator, start, autocast_dtype)
             total = run if total is None else total + run
         purified = total / self.config.ensemble if self.config.ensemble > 1 else total
         purified = unsharp_mask(purified, self.config.unsharp_amount, self.config.unsharp_radius)
