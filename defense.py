@@ -35,11 +35,12 @@ class Defense:
     (float64 in, float64 out). Anything else raises ``ValueError`` naming the problem and the
     fix (``image_checks``): uint8 (divide by 255), 1 or 4 channels (tensors are never
     converted silently), a missing batch axis, NaN/Inf, values outside [0, 1], an empty batch.
-    Images up to ``tile`` pixels on both sides are processed whole (about 340 bytes per pixel
-    without autograd, ~1.4 GB at 2048 x 2048; about 2.3 KB per pixel with autograd); larger
-    ones in overlapping ``tile x tile`` tiles blended without seams (``purifier.tiled_apply``;
-    a 4000 x 3000 photo peaks at 3.1 GiB, 0.6 of it the start noise of the 4 runs drawn for
-    the whole photo so that the tiles share it; 3.9 GB whole). Knobs left as None take
+    Images up to ``tile`` pixels on both sides are processed whole (in float32 about 340 bytes
+    per pixel without autograd, ~1.4 GB at 2048 x 2048; about 2.3 KB per pixel with
+    autograd); larger ones in overlapping ``tile x tile`` tiles blended without seams
+    (``purifier.tiled_apply``; a 4000 x 3000 photo peaks at 2.5 GiB with bfloat16, 3.1 GiB in
+    float32, 0.6 of it the start noise of the 4 runs drawn for the whole photo so that the
+    tiles share it; 3.9 GB whole in float32). Knobs left as None take
     their default from ``purifier/defaults.json`` (written by ``scripts/tune.py``; its record
     is ``defaults.provenance.json``), else ``purifier.PROVISIONAL_DEFAULTS``. See
     ``purifier.PurifierConfig`` for each knob.
