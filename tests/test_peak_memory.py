@@ -39,8 +39,12 @@ def measured(tiny_weights: Path) -> dict[str, dict]:
     """Both modes on a 48 x 64 image; the purify CLI tiles it into 32 px tiles."""
     common = {"weights": tiny_weights, "t_star": 20, "steps": 2, "threads": 1}
     return {
-        "defense": peak_memory.measure_peak_memory("defense", 48, 64, **common),
-        "purify": peak_memory.measure_peak_memory("purify", 48, 64, tile=32, overlap=4, **common),
+        "defense": peak_memory.measure_peak_memory(
+            "defense", 48, 64, precision="float32", **common
+        ),
+        "purify": peak_memory.measure_peak_memory(
+            "purify", 48, 64, tile=32, overlap=4, precision="bfloat16", **common
+        ),
     }
 
 
@@ -58,6 +62,11 @@ def test_measurement_fields_and_plausible_numbers(measured: dict[str, dict], mod
     assert result["within_target"] and result["target_gib"] == 4.0
     assert result["config"]["t_star"] == 20 and result["config"]["steps"] == 2
     assert result["weights"].endswith("ddpm-v1")
+
+
+def test_the_precision_reaches_both_paths(measured: dict[str, dict]) -> None:
+    assert measured["defense"]["config"]["precision"] == "float32"
+    assert measured["purify"]["config"]["precision"] == "bfloat16"
 
 
 def test_the_purify_path_reports_its_tiling(measured: dict[str, dict]) -> None:
