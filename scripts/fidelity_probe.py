@@ -198,8 +198,10 @@ def fixed_level_purifiers(
     weights: Path, device: str | torch.device, t_stars: Sequence[int]
 ) -> dict[int, DiffusionPurifier]:
     """One purifier per noise level in ``t_stars``: the shipped knobs with the per-image ramp
-    and the gate off, so every image (attacked or clean) is purified from that ``t_star``."""
-    base = load_default_config().replace(t_star_max=0, gate=0.0)
+    and the gate off, so every image (attacked or clean) is purified from that ``t_star``.
+    float32, so the probes' small differences (a residue of ~1/255) carry no bfloat16
+    rounding and stay comparable across machines and with earlier records."""
+    base = load_default_config().replace(t_star_max=0, gate=0.0, precision="float32")
     return {
         t: DiffusionPurifier.from_pretrained(weights, device, base.replace(t_star=t))
         for t in t_stars

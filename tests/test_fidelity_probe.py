@@ -12,6 +12,7 @@ from tiny_bench import write_tiny_dataset
 
 from scripts.benchmarking import score_shift
 from scripts.fidelity_probe import (
+    fixed_level_purifiers,
     lowpass,
     main,
     make_correction,
@@ -100,3 +101,12 @@ def test_score_shift_keeps_the_sign_and_skips_nan() -> None:
 
     assert score_shift([rec(10.0, 12.0), rec(10.0, 9.0)]) == pytest.approx(5.0)
     assert score_shift([rec(10.0, 9.0), rec(10.0, float("nan"))]) == pytest.approx(-10.0)
+
+
+def test_fixed_level_purifiers_are_float32_without_ramp_or_gate(tiny_weights: Path) -> None:
+    purifiers = fixed_level_purifiers(tiny_weights, "cpu", [20, 40])
+    assert sorted(purifiers) == [20, 40]
+    for t, purifier in purifiers.items():
+        config = purifier.config
+        assert (config.t_star, config.t_star_max, config.gate) == (t, 0, 0.0)
+        assert config.precision == "float32" and purifier.autocast_dtype is None
