@@ -54,9 +54,9 @@ class PurifierConfig:
         strength_ramp: estimated perturbation strength (RMS, 1/255 units) at which the noise
             level reaches ``t_star_max``.
         precision: the denoiser's arithmetic: ``"float32"``, ``"bfloat16"`` (autocast) or
-            ``"auto"``, bfloat16 where the device runs it natively
-            (``diffusion.precision``): about 1.8x faster on a CPU with AMX, pixels within
-            ~1/255 of float32. Pin ``"float32"`` for results identical across machines.
+            ``"auto"``, bfloat16 where the device runs it natively (``diffusion.precision``):
+            3.1x faster on an AMX CPU (docs/precision.md), pixels within ~1/255 of float32.
+            Pin ``"float32"`` for results identical across machines.
 
     The perturbation detector is loaded only when ``gate > 0`` or ``t_star_max > 0``
     (``uses_detector``).
