@@ -23,12 +23,17 @@ def has_native_bfloat16(device: torch.device) -> bool:
     return False
 
 
+def check_precision(precision: object) -> None:
+    """``ValueError`` unless ``precision`` is one of ``PRECISIONS``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the denoiser on ``device``: ``torch.bfloat16``, or None for
     plain float32. ``"auto"`` is bfloat16 when ``has_native_bfloat16(device)``.
     ``ValueError`` for a precision not in ``PRECISIONS``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "float32":
         return None
     if precision == "bfloat16" or has_native_bfloat16(device):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusion.precision import PRECISIONS
+from diffusion.precision import check_precision
 from schedulers import (
     SAMPLERS,
     SPACINGS,
@@ -83,8 +83,7 @@ class PurifierConfig:
         _check_float("unsharp_radius", self.unsharp_radius, minimum=0.0, strict=True)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if self.sampler == "ddim" and self.spacing != "uniform":
