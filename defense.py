@@ -42,7 +42,9 @@ class Defense:
     float32, 0.6 of it the start noise of the 4 runs drawn for the whole photo so that the
     tiles share it; 3.9 GB whole in float32). Knobs left as None take
     their default from ``purifier/defaults.json`` (written by ``scripts/tune.py``; its record
-    is ``defaults.provenance.json``), else ``purifier.PROVISIONAL_DEFAULTS``. See
+    is ``defaults.provenance.json``), else ``purifier.PROVISIONAL_DEFAULTS``; a given
+    ``t_star`` moves the default noise-level ramp with it and ``sampler="ddim"`` snaps the
+    default ``t_star`` to a DDIM grid (``PurifierConfig.override``). See
     ``purifier.PurifierConfig`` for each knob.
 
     Args:
@@ -98,7 +100,7 @@ class Defense:
             raise ValueError(f"tile must be None or an int > {2 * TILE_OVERLAP}, got {tile!r}")
         self.tile = tile
         base = load_default_config() if config is None else config
-        self.config = base.replace(
+        self.config = base.override(
             t_star=t_star,
             steps=steps,
             sampler=sampler,

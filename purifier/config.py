@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import numbers
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 from diffusion.precision import check_precision
 from schedulers import (
+    NUM_TRAIN_TIMESTEPS,
     SAMPLERS,
     SPACINGS,
     ddim_kept_timesteps,
@@ -27,6 +29,8 @@ from schedulers import (
 )
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,54 @@ class PurifierConfig:
             raise ValueError(f"unknown purifier option(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def override(self, **changes: Any) -> PurifierConfig:
+        """A copy with a user's ``changes`` (``None`` values are ignored), where the knobs
+        coupled to a changed one follow it unless they are changed too:
+
+        - a new ``t_star`` moves a noise-level ramp with it, keeping its span
+          (``t_star_max - t_star``), so ``t_star=100`` over defaults 60..80 gives 100..120
+          (capped at the last training step; off when no room is left);
+        - ``sampler="ddim"`` (or new ``steps`` with ddim) without a ``t_star`` snaps the
+          default ``t_star`` to the nearest level a DDIM grid can start from, and sets
+          ``spacing`` to ``"uniform"``.
+
+        Each such adjustment is logged. Knobs given explicitly are taken as they are and
+        validated (``ValueError``), as ``replace`` does.
+        """
+        given = {k: v for k, v in changes.items() if v is not None}
+        adjusted: dict[str, Any] = {}
+        sampler = given.get("sampler", self.sampler)
+        steps = given.get("steps", self.steps)
+        t_star = given.get("t_star", self.t_star)
+        if sampler == "ddim" and "t_star" not in given and _is_positive_int(steps):
+            if "spacing" not in given and self.spacing != "uniform":
+                adjusted["spacing"] = "uniform"
+            snapped = nearest_ddim_t_star(t_star, steps)
+            if snapped != t_star:
+                adjusted["t_star"] = t_star = snapped
+        if (
+            self.t_star_max
+            and "t_star_max" not in given
+            and t_star != self.t_star
+            and _is_positive_int(t_star)
+        ):
+            shifted = min(t_star + (self.t_star_max - self.t_star), NUM_TRAIN_TIMESTEPS - 1)
+            adjusted["t_star_max"] = shifted if shifted > t_star else 0
+        if adjusted:
+            logger.info(
+                "%s follow the given %s",
+                ", ".join(f"{k}={v}" for k, v in adjusted.items()),
+                ", ".join(f"{k}={v}" for k, v in given.items()),
+            )
+        return self.replace(**{**given, **adjusted})
+
     def to_dict(self) -> dict[str, Any]:
         """The knobs as a JSON-ready dict."""
         return dataclasses.asdict(self)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -176,6 +225,7 @@ def load_default_config(path: str | Path | None = None) -> PurifierConfig:
 
 
 def config_from_options(options: object) -> PurifierConfig:
-    """The defaults with every knob that ``options`` (e.g. an argparse namespace) sets."""
+    """The defaults with every knob that ``options`` (e.g. an argparse namespace) sets, coupled
+    knobs following them (``PurifierConfig.override``)."""
     knobs = {f.name: getattr(options, f.name, None) for f in dataclasses.fields(PurifierConfig)}
-    return load_default_config().replace(**knobs)
+    return load_default_config().override(**knobs)

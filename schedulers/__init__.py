@@ -2,6 +2,7 @@
 
 from schedulers.factory import SAMPLERS, make_scheduler
 from schedulers.timestep_spacing import (
+    NUM_TRAIN_TIMESTEPS,
     SPACINGS,
     ddim_grid_stride,
     ddim_kept_timesteps,
@@ -10,6 +11,7 @@ from schedulers.timestep_spacing import (
 )
 
 __all__ = [
+    "NUM_TRAIN_TIMESTEPS",
     "SAMPLERS",
     "SPACINGS",
     "ddim_grid_stride",

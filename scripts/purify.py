@@ -47,15 +47,13 @@ from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
-    PROVISIONAL_DEFAULTS,
     DiffusionPurifier,
     MissingDetectorError,
     MissingWeightsError,
-    PurifierConfig,
     resolve_detector,
     resolve_weights,
 )
-from purifier.config import config_from_options  # noqa: E402
+from purifier.config import config_from_options, load_default_config  # noqa: E402
 from purifier.folder_plan import (  # noqa: E402
     FolderPlan,
     Job,
@@ -70,7 +68,12 @@ MIN_TILE = 16
 """Smallest ``--tile``: a smaller tile would be mostly the denoiser's own padding."""
 
 
-def _knobs(config: PurifierConfig) -> str:
+def _default_knobs() -> str:
+    """The knobs a run without knob flags uses, for ``--help``."""
+    try:
+        config = load_default_config()
+    except ValueError as err:
+        return f"unreadable ({err})"
     return ", ".join(f"{name}={value}" for name, value in config.to_dict().items())
 
 
@@ -79,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="purify",
         description=__doc__.split("\n\n")[0],
         epilog="Knobs left out (--t-star ... --precision) come from purifier/defaults.json "
-        "if present, else the provisional defaults: " + _knobs(PROVISIONAL_DEFAULTS),
+        "(else the provisional defaults): " + _default_knobs() + ". A given --t-star moves "
+        "the default --t-star-max ramp with it; --sampler ddim snaps the default --t-star "
+        "to a DDIM grid.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input_dir", type=Path, help="folder of images (searched recursively)")

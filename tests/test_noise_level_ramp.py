@@ -66,6 +66,76 @@ def test_a_bad_t_star_is_named_even_with_a_ramp() -> None:
         PurifierConfig(t_star="40", t_star_max=80)
 
 
+# --- a user's knobs over the defaults ---------------------------------------------------------
+
+SHIPPED_LIKE = PurifierConfig(t_star=60, steps=1, ensemble=4, t_star_max=80)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"t_star": 100}, {"t_star": 100, "t_star_max": 120}),
+        ({"t_star": 40}, {"t_star": 40, "t_star_max": 60}),
+        ({"t_star": 990}, {"t_star": 990, "t_star_max": 999}),
+        ({"t_star": 999}, {"t_star": 999, "t_star_max": 0}),
+        ({"t_star": 100, "t_star_max": 0}, {"t_star": 100, "t_star_max": 0}),
+        ({"t_star": 100, "t_star_max": 200}, {"t_star": 100, "t_star_max": 200}),
+        ({"sampler": "ddim"}, {"sampler": "ddim", "t_star": 49, "t_star_max": 69}),
+        ({"sampler": "ddim", "steps": 4}, {"t_star": 79, "steps": 4, "t_star_max": 99}),
+        ({"sampler": "ddim", "t_star": 99}, {"t_star": 99, "t_star_max": 119}),
+        ({"ensemble": 2, "t_star": None}, {"t_star": 60, "t_star_max": 80, "ensemble": 2}),
+    ],
+)
+def test_coupled_knobs_follow_a_users_knob(changes: dict, expected: dict) -> None:
+    config = SHIPPED_LIKE.override(**changes)
+    assert {k: getattr(config, k) for k in expected} == expected
+
+
+def test_ddim_over_quadratic_defaults_takes_the_uniform_grid() -> None:
+    base = PurifierConfig(t_star=60, steps=3, spacing="quadratic")
+    config = base.override(sampler="ddim")
+    knobs = (config.sampler, config.spacing, config.t_star, config.t_star_max)
+    assert knobs == ("ddim", "uniform", 59, 0)
+
+
+def test_an_adjustment_is_logged(caplog) -> None:
+    with caplog.at_level("INFO", logger="purifier.config"):
+        SHIPPED_LIKE.override(t_star=100)
+    assert "t_star_max=120 follow the given t_star=100" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="purifier.config"):
+        assert SHIPPED_LIKE.override(ensemble=2).t_star_max == 80
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"t_star": 100, "t_star_max": 90}, "above t_star=100"),
+        ({"t_star": 1000}, "t_star"),
+        ({"t_star": 10.5}, "t_star"),
+        ({"sampler": "ddim", "t_star": 60}, "nearest valid t_star"),
+        ({"sampler": "ddim", "steps": 0}, "steps"),
+        ({"t_sta": 3}, "unknown purifier option"),
+    ],
+)
+def test_explicit_bad_knobs_are_still_refused(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SHIPPED_LIKE.override(**changes)
+
+
+def test_purify_cli_and_defense_move_the_default_ramp(
+    tiny_weights: Path, tmp_path: Path, monkeypatch
+) -> None:
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text('{"t_star": 20, "steps": 1, "t_star_max": 40}')
+    monkeypatch.setattr("purifier.config.DEFAULTS_FILE", defaults)
+    config = config_from_options(purify_cli.parse_args(["in", "out", "--t-star", "50"]))
+    assert (config.t_star, config.t_star_max) == (50, 70)
+    defense = Defense("cpu", weights=tiny_weights, t_star=50, precision="float32")
+    assert (defense.config.t_star, defense.config.t_star_max) == (50, 70)
+
+
 def test_the_tuner_counts_rampless_candidates_once() -> None:
     base = PurifierConfig(t_star=40, steps=1)
     a = normalise(base, t_star_max=0, strength_ramp=4.0)
