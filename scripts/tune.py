@@ -23,7 +23,9 @@ Writes the chosen knobs to ``--output`` (default ``purifier/defaults.json``, the
 ``purifier.config`` reads), the tuning record (set, objective, figures, baselines, command)
 beside it as ``defaults.provenance.json``, every trial to ``OUTPUT_DIR/trials.json`` and a
 Pareto plot (gain vs quality, coloured by time ratio) to ``OUTPUT_DIR/pareto.png``.
-``--dry-run`` prints the choice and writes no defaults.
+``--dry-run`` prints the choice and writes no defaults. A defaults file whose record holds
+knobs set by hand (``manual_override``, e.g. the shipped one) is replaced only with
+``--force``.
 """
 
 from __future__ import annotations
@@ -68,10 +70,12 @@ from scripts.tuning import (  # noqa: E402
     build_tuning_set,
     check_not_public,
     choose,
+    hand_set_knobs,
     mean_figures,
     panel_figures,
     panel_name,
     parse_space,
+    provenance_path,
     write_defaults,
 )
 
@@ -131,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--linearity-repeats", type=int, default=3)
     parser.add_argument("--dry-run", action="store_true", help="print; write no defaults")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a defaults file whose record holds knobs set by hand (manual_override)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -294,12 +303,33 @@ def describe_tuning_set(tuning_dir: Path, pairs: Sequence[Any]) -> dict[str, Any
     }
 
 
+def refuse_to_replace_hand_set_knobs(output: Path) -> None:
+    """ValueError when ``output``'s tuning record says some knobs were set by hand: the
+    tuner's pick would silently undo that decision."""
+    override = hand_set_knobs(output)
+    if override is None:
+        return
+    knobs = ", ".join(
+        f"{name}={entry.get('shipped')} (tuner: {entry.get('tuner_choice')})"
+        if isinstance(entry, dict)
+        else name
+        for name, entry in (override.get("knobs") or {}).items()
+    )
+    raise ValueError(
+        f"{output} holds knobs set by hand over the tuner's choice ({knobs or 'see the record'}; "
+        f"the reason is in {provenance_path(output)}). Write elsewhere with --output, look "
+        "with --dry-run, or replace them with --force"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
+        if not args.dry_run and not args.force:
+            refuse_to_replace_hand_set_knobs(args.output)
         provenance = tune(args, argv)
         if not args.dry_run:
             config = PurifierConfig(**provenance["defaults"])

@@ -476,6 +476,19 @@ def provenance_path(defaults_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.provenance.json")
 
 
+def hand_set_knobs(defaults_path: str | Path) -> dict[str, Any] | None:
+    """The ``manual_override`` entry of the tuning record beside ``defaults_path`` (knobs set
+    by hand over the tuner's choice, with the reason), or None when there is none."""
+    record = provenance_path(defaults_path)
+    if not record.is_file():
+        return None
+    try:
+        override = json.loads(record.read_text()).get("manual_override")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return override if isinstance(override, dict) else None
+
+
 def write_defaults(
     config: PurifierConfig, path: str | Path, provenance: Mapping[str, Any]
 ) -> tuple[Path, Path]:

@@ -21,6 +21,7 @@ from attacks import ATTACKS as ATTACK_REGISTRY
 from image_io import save_image
 from paths import ROOT
 from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, load_default_config
+from purifier.config import DEFAULTS_FILE
 from scripts.benchmarking import harness
 from scripts.tuning import (
     DEFAULT_SPACE,
@@ -32,6 +33,7 @@ from scripts.tuning import (
     check_not_public,
     choose,
     grid_candidates,
+    hand_set_knobs,
     mean_figures,
     normalise,
     pareto_front,
@@ -383,6 +385,32 @@ def test_cli_fails_when_nothing_fits_the_budget(cli_env: dict) -> None:
 def test_cli_rejects_bad_arguments(cli_env: dict, extra: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         tune_cli.main([*cli_env["argv"], *extra])
+
+
+def test_cli_keeps_hand_set_knobs_unless_forced(cli_env: dict) -> None:
+    out = cli_env["tmp"] / "out"
+    out.mkdir()
+    (out / "defaults.json").write_text('{"t_star": 10, "steps": 1}\n')
+    record = {"manual_override": {"knobs": {"t_star": {"tuner_choice": 5, "shipped": 10}}}}
+    (out / "defaults.provenance.json").write_text(json.dumps(record))
+    argv = [*cli_env["argv"], "--budget", "1e6", "--no-plot"]
+    with pytest.raises(SystemExit, match=r"set by hand .*t_star=10 \(tuner: 5\).*--force"):
+        tune_cli.main(argv)
+    assert (out / "defaults.json").read_text() == '{"t_star": 10, "steps": 1}\n'
+    assert tune_cli.main([*argv, "--dry-run"]) == 0
+    assert tune_cli.main([*argv, "--force"]) == 0
+    assert "manual_override" not in json.loads((out / "defaults.provenance.json").read_text())
+
+
+@pytest.mark.parametrize("text", ["{broken", "[1]", '{"manual_override": 3}'])
+def test_an_unreadable_record_holds_no_hand_set_knobs(tmp_path: Path, text: str) -> None:
+    (tmp_path / "defaults.provenance.json").write_text(text)
+    assert hand_set_knobs(tmp_path / "defaults.json") is None
+    assert hand_set_knobs(tmp_path / "missing" / "defaults.json") is None
+
+
+def test_the_shipped_defaults_are_guarded() -> None:
+    assert hand_set_knobs(DEFAULTS_FILE) is not None
 
 
 def test_script_runs_as_a_file() -> None:
