@@ -25,9 +25,11 @@ the tuner's images and the held-out validation images). Several ``--metric-check
 metrics spread the pairs over their attacks and average the consistency term, so the bridge
 learns what the metrics' perturbations share rather than one network's. With ``--pairs DIR``
 (the competition layout: ``DIR/reference/<img>`` and ``DIR/attacked/<attack>/<img>``) the
-given pairs are used instead, with every 10th reference image held out. Validation: the
-Gain of the default purifier (t*=60, 2 DDPM steps, fixed seed) on fixed attacked crops of
-held-out images, logged against the undefended Gain and written to the manifest. Checkpoints
+given pairs are used instead, with every 10th reference image held out, and the prior trains
+on the training split's references (unless ``--train-dir``), so no project data is needed.
+Validation: the Gain of a fixed probe purifier (t*=60, 2 DDPM steps, fixed seed) on fixed
+attacked crops of held-out images, logged against the undefended Gain and written to the
+manifest and, starting against fine-tuned weights, to ``RUN_DIR/report.md``. Checkpoints
 every ``--checkpoint-every`` steps; ``--resume latest`` continues; the EMA weights go to
 ``--output`` with a manifest (a new version: released folders are never overwritten).
 """
@@ -49,6 +51,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.training_pairs import PairPool, RandomAttacks  # noqa: E402
 from diffusion import (  # noqa: E402
@@ -195,30 +198,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` float in [0, 1] -> uint8, a quarter of the memory (images on disk are
+    8-bit, so nothing is lost)."""
+    return (image * 255.0).round().to(torch.uint8)
+
+
 class FixedPairs:
     """Aligned random crops of a competition-layout dataset: ``reference/<img>`` paired with
-    every ``attacked/<attack>/<img>``; images are ``(3, H, W)`` float in [0, 1]."""
+    every ``attacked/<attack>/<img>``. Images are kept as uint8 and each reference is decoded
+    once, shared by its attacked copies; crops come out float in [0, 1]."""
 
     def __init__(self, root: Path, names: list[str]) -> None:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
+        references: dict[str, torch.Tensor] = {}
         for attack_dir in sorted(p for p in (root / "attacked").iterdir() if p.is_dir()):
+            stems = {f.stem: f for f in sorted(attack_dir.iterdir())}
             for name in names:
-                files = [f for f in attack_dir.iterdir() if f.stem == Path(name).stem]
-                if files:
-                    reference = load_image(root / "reference" / name)
-                    attacked = load_image(files[0])
-                    if reference.shape == attacked.shape:
-                        self.pairs.append((reference, attacked, attack_dir.name))
+                attacked_file = stems.get(Path(name).stem)
+                if attacked_file is None:
+                    continue
+                if name not in references:
+                    references[name] = as_uint8(load_image(root / "reference" / name))
+                attacked = as_uint8(load_image(attacked_file))
+                if references[name].shape == attacked.shape:
+                    self.pairs.append((references[name], attacked, attack_dir.name))
         if not self.pairs:
             raise SystemExit(f"no (reference, attacked) pairs of equal size under {root}")
 
     def crops(
-        self, count: int, size: int, generator: torch.Generator
+        self, count: int, size: int, generator: torch.Generator, flag: str = "--crop"
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """``count`` aligned crops (smaller images are skipped) and each crop's attack."""
+        """``count`` aligned ``size`` px crops (smaller images are skipped), float in [0, 1],
+        and each crop's attack; ``flag`` names the option to lower when no pair is big enough."""
         usable = [p for p in self.pairs if min(p[0].shape[-2:]) >= size]
         if not usable:
-            raise SystemExit(f"no pair is at least {size} px: lower --crop")
+            raise SystemExit(f"no pair is at least {size} px: lower {flag}")
         clean, attacked, names = [], [], []
         for _ in range(count):
             ref, adv, name = usable[int(torch.randint(len(usable), (), generator=generator))]
@@ -226,7 +241,7 @@ class FixedPairs:
             clean.append(ref[:, top : top + size, left : left + size])
             attacked.append(adv[:, top : top + size, left : left + size])
             names.append(name)
-        return torch.stack(clean), torch.stack(attacked), names
+        return torch.stack(clean) / 255.0, torch.stack(attacked) / 255.0, names
 
 
 def split_pairs_dataset(root: Path, every: int = 10) -> tuple[list[str], list[str]]:
@@ -361,10 +376,17 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     # each process of a data-parallel run draws its own pairs
     generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
 
-    data_dir = args.data or default_data_dir()
-    train_dir = args.train_dir or data_dir / "clean" / "train"
-    all_paths = [p for p in list_images(train_dir, recursive=True) if p.name not in TUNING_IMAGES]
-    train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
+    if args.pairs and args.train_dir is None:
+        # the user's own references (training split) feed the clean-image prior
+        train_names, held_names = split_pairs_dataset(args.pairs)
+        train_dir = args.pairs / "reference"
+        train_paths, holdout_paths = [train_dir / n for n in train_names], []
+    else:
+        train_dir = args.train_dir or (args.data or default_data_dir()) / "clean" / "train"
+        all_paths = [
+            p for p in list_images(train_dir, recursive=True) if p.name not in TUNING_IMAGES
+        ]
+        train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
     crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
     prior_crops = RandomCrops(crops.images, args.prior_crop, generator)
     if args.pairs:
@@ -372,7 +394,10 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         fixed = FixedPairs(args.pairs, train_names)
         held = FixedPairs(args.pairs, held_names)
         clean_val, attacked_val, val_labels = held.crops(
-            4 * len(held.pairs), min(args.val_crop, 256), torch.Generator().manual_seed(args.seed)
+            4 * len(held.pairs),
+            min(args.val_crop, 256),
+            torch.Generator().manual_seed(args.seed),
+            flag="--val-crop",
         )
         logger.info(
             "pairs from %s: %d train, %d held-out pairs",
@@ -529,7 +554,45 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
 
     last_validation = validation(run.ema_model(), scheduler_config)
     logger.info("final validation at step %d: %s", run.step, last_validation)
+    if run.accelerator.is_main_process:
+        report = write_report(run.run_dir / "report.md", info()["training"], run.output)
+        logger.info("wrote %s", report)
     return run.finish(info, version, last_validation)
+
+
+def write_report(path: Path, training: dict[str, Any], output: Path) -> Path:
+    """A markdown report of a run: its data, its held-out split and every validation figure of
+    the starting and the fine-tuned weights side by side; returns ``path``."""
+    before, after = training["init_validation"], training["validation"]
+    held = training.get("held_out") or training.get("holdout_images") or []
+    data = training.get("pairs") or training.get("data_folder")
+    lines = [
+        "# Bridge fine-tuning report",
+        "",
+        "Generated by `scripts/finetune_bridge.py`.",
+        "",
+        f"- Command: `{training['command']}`",
+        f"- Starting weights: `{training['init']}`; output: `{output}`",
+        f"- Steps: {training['steps']}, {training['wall_time_seconds'] / 60:.1f} min",
+        f"- Metric(s): {', '.join(f'`{m}`' for m in training['metric'])}",
+        f"- Data: `{data}`; attacks: {training['attacks']}",
+        f"- Held out ({len(held)}): {', '.join(held)}",
+        "",
+        f"Validation on crops of the held-out images, purified at t*={VALIDATION_T_STAR} with "
+        f"{VALIDATION_STEPS} DDPM steps and a fixed seed (a fixed probe, not the shipped "
+        "defaults; for those run `scripts/benchmark.py --defenses none,ddpm,ddpm@OUTPUT` on "
+        "held-out data). Gain in %, lower is better; leak: share of the attack that passes "
+        "the purifier (`scripts/leak_probe.py`), lower is better; PSNR in dB against the "
+        "clean crops.",
+        "",
+        "| figure | starting weights | fine-tuned |",
+        "|---|---|---|",
+    ]
+    for key in dict.fromkeys([*before, *after]):
+        lines.append(f"| {key} | {before.get(key, 'n/a')} | {after.get(key, 'n/a')} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic("\n".join(lines) + "\n", path)
+    return path
 
 
 if __name__ == "__main__":

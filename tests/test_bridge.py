@@ -317,11 +317,15 @@ def test_consistency_loss_averages_the_metrics() -> None:
     assert one.item() == pytest.approx(0.2)
 
 
-def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
-    data = tmp_path / "pairs"
-    _folder_of_images(data / "reference", 4, (36, 40), seed=1)
+def _pairs_dataset(root: Path) -> Path:
+    _folder_of_images(root / "reference", 4, (36, 40), seed=1)
     for attack, seed in (("fgsm", 2), ("ifgsm", 3)):
-        _folder_of_images(data / "attacked" / attack, 4, (36, 40), seed=seed)
+        _folder_of_images(root / "attacked" / attack, 4, (36, 40), seed=seed)
+    return root
+
+
+def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
+    data = _pairs_dataset(tmp_path / "pairs")
     _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
     output = tmp_path / "ddpm-mine"
     args = _tiny_args(tmp_path, output)
@@ -334,6 +338,34 @@ def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
         "gain/fgsm",
         "gain/ifgsm",
     }
+    report = (tmp_path / "run" / "ddpm-mine" / "report.md").read_text()
+    assert "Held out (1): img00.png" in report
+    before, after = training["init_validation"]["gain"], training["validation"]["gain"]
+    gain_row = f"| gain | {before} | {after} |"
+    assert gain_row in report and "| gain/fgsm |" in report
+
+
+def test_fixed_pairs_need_no_project_data(tmp_path: Path) -> None:
+    data = _pairs_dataset(tmp_path / "pairs")
+    output = tmp_path / "ddpm-mine"
+    args = _tiny_args(tmp_path, output) + ["--pairs", str(data), "--metric-weight", "0"]
+    args += ["--data", str(tmp_path / "no-such-data")]
+    assert finetune_bridge.main(args) == 0
+    assert (output / "manifest.json").is_file()
+
+
+def test_fixed_pairs_keep_8_bit_pixels_and_share_references(tmp_path: Path) -> None:
+    data = _pairs_dataset(tmp_path / "pairs")
+    pairs = finetune_bridge.FixedPairs(data, ["img01.png", "img02.png"])
+    assert len(pairs.pairs) == 4 and all(p[0].dtype == torch.uint8 for p in pairs.pairs)
+    by_name = [p for p in pairs.pairs if p[0] is pairs.pairs[0][0]]
+    assert [p[2] for p in by_name] == ["fgsm", "ifgsm"]  # one decoded reference, two attacks
+    clean, attacked, _ = pairs.crops(3, 16, torch.Generator().manual_seed(0))
+    assert clean.shape == attacked.shape == (3, 3, 16, 16) and clean.dtype == torch.float32
+    assert float(clean.min()) >= 0.0 and float(clean.max()) <= 1.0
+    assert torch.equal((clean * 255).round() / 255, clean)
+    with pytest.raises(SystemExit, match="lower --val-crop"):
+        pairs.crops(1, 64, torch.Generator(), flag="--val-crop")
 
 
 def test_validation_needs_one_label_per_crop() -> None:
