@@ -29,7 +29,8 @@ given pairs are used instead, with every 10th reference image held out, and the 
 on the training split's references (unless ``--train-dir``), so no project data is needed.
 Validation: the Gain of a fixed probe purifier (t*=60, 2 DDPM steps, fixed seed) on fixed
 attacked crops of held-out images, logged against the undefended Gain and written to the
-manifest and, starting against fine-tuned weights, to ``RUN_DIR/report.md``. Checkpoints
+manifest; ``RUN_DIR/report.md`` sets the starting and fine-tuned weights' figures side by
+side. Checkpoints
 every ``--checkpoint-every`` steps; ``--resume latest`` continues; the EMA weights go to
 ``--output`` with a manifest (a new version: released folders are never overwritten).
 """
@@ -376,9 +377,10 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     # each process of a data-parallel run draws its own pairs
     generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
 
+    if args.pairs:
+        train_names, held_names = split_pairs_dataset(args.pairs)
     if args.pairs and args.train_dir is None:
         # the user's own references (training split) feed the clean-image prior
-        train_names, held_names = split_pairs_dataset(args.pairs)
         train_dir = args.pairs / "reference"
         train_paths, holdout_paths = [train_dir / n for n in train_names], []
     else:
@@ -390,7 +392,6 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
     prior_crops = RandomCrops(crops.images, args.prior_crop, generator)
     if args.pairs:
-        train_names, held_names = split_pairs_dataset(args.pairs)
         fixed = FixedPairs(args.pairs, train_names)
         held = FixedPairs(args.pairs, held_names)
         clean_val, attacked_val, val_labels = held.crops(
