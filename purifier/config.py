@@ -171,7 +171,7 @@ class PurifierConfig:
             adjusted["t_star_max"] = shifted if shifted > t_star else 0
         if adjusted:
             logger.info(
-                "%s follow the given %s",
+                "adjusted %s to go with the given %s",
                 ", ".join(f"{k}={v}" for k, v in adjusted.items()),
                 ", ".join(f"{k}={v}" for k, v in given.items()),
             )

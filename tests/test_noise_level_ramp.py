@@ -101,7 +101,7 @@ def test_ddim_over_quadratic_defaults_takes_the_uniform_grid() -> None:
 def test_an_adjustment_is_logged(caplog) -> None:
     with caplog.at_level("INFO", logger="purifier.config"):
         SHIPPED_LIKE.override(t_star=100)
-    assert "t_star_max=120 follow the given t_star=100" in caplog.text
+    assert "adjusted t_star_max=120 to go with the given t_star=100" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="purifier.config"):
         assert SHIPPED_LIKE.override(ensemble=2).t_star_max == 80
