@@ -74,6 +74,7 @@ from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from scripts.leak_probe import leaks  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
+    as_uint8,
     centre_crops,
     holdout_split,
     learning_rate,
@@ -197,12 +198,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag}: unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
         setattr(args, name, chosen)
     return args
-
-
-def as_uint8(image: torch.Tensor) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1] -> uint8, a quarter of the memory (images on disk are
-    8-bit, so nothing is lost)."""
-    return (image * 255.0).round().to(torch.uint8)
 
 
 class FixedPairs:

@@ -133,11 +133,17 @@ def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]
     return [p for i, p in enumerate(paths) if i not in picked], holdout
 
 
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` float in [0, 1] -> uint8, a quarter of the memory (exact for 8-bit
+    image files)."""
+    return (image * 255.0).round().to(torch.uint8)
+
+
 def load_uint8(paths: list[Path]) -> list[torch.Tensor]:
     images = []
     for path in tqdm(paths, desc="loading images", mininterval=5):
         try:
-            images.append((load_image(path) * 255.0).round().to(torch.uint8))
+            images.append(as_uint8(load_image(path)))
         except ImageReadError as err:
             logger.warning("skipped %s", err)
     return images

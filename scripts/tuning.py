@@ -483,9 +483,10 @@ def hand_set_knobs(defaults_path: str | Path) -> dict[str, Any] | None:
     if not record.is_file():
         return None
     try:
-        override = json.loads(record.read_text()).get("manual_override")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        provenance = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
+    override = provenance.get("manual_override") if isinstance(provenance, dict) else None
     return override if isinstance(override, dict) else None
 
 

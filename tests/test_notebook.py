@@ -39,26 +39,35 @@ def test_notebook_is_nbformat_4_without_outputs() -> None:
     assert len(code_cells(notebook)) == 6
 
 
-@pytest.mark.parametrize("data", ["shared", "missing"])
-def test_code_cells_run(
-    data: str, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def run_code_cells(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run the notebook's code cells as Jupyter would (from ``notebooks/``, plots to Agg) and
+    return their namespace; the global RNG and ``sys.path`` are restored afterwards."""
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook prepends the repo root
+    monkeypatch.chdir(NOTEBOOK.parent)  # where Jupyter starts it
+    namespace: dict = {"__name__": "__quickstart__"}
+    source = compile("\n\n".join(code_cells(build_notebook())), "quickstart", "exec")
+    with torch.random.fork_rng():
+        try:
+            exec(source, namespace)
+        finally:
+            plt.close("all")
+    return namespace
+
+
+@pytest.mark.parametrize("data", ["shared", "missing"])
+def test_code_cells_run(
+    data: str, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("QUICKSTART_FAST", "1")
     monkeypatch.setenv("QUICKSTART_WEIGHTS", str(tiny_weights))
     if data == "missing":  # no data folder: samples/ if shipped, else a synthetic picture
         monkeypatch.setenv("PURIFY_DATA", str(tmp_path / "no-data"))
     monkeypatch.setattr(purifier.config, "DEFAULTS_FILE", tmp_path / "absent.json")
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the notebook prepends the repo root
-    monkeypatch.chdir(NOTEBOOK.parent)  # where Jupyter starts it
-    namespace: dict = {"__name__": "__quickstart__"}
-    try:
-        exec(compile("\n\n".join(code_cells(build_notebook())), "quickstart", "exec"), namespace)
-    finally:
-        plt.close("all")
+    namespace = run_code_cells(monkeypatch)
     clean, attacked, purified = (namespace[k] for k in ("clean", "attacked", "purified"))
     assert clean.shape == attacked.shape == purified.shape
     assert clean.shape[0] == 1 and clean.shape[1] == 3 and max(clean.shape[-2:]) <= 48
@@ -71,21 +80,9 @@ def test_code_cells_run(
 def test_code_cells_run_the_real_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The path a user runs: the shipped stand-in metric, a 192 px picture, the shipped
     denoiser and defaults. A few seconds on CPU."""
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     monkeypatch.delenv("QUICKSTART_FAST", raising=False)
     monkeypatch.delenv("QUICKSTART_WEIGHTS", raising=False)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(NOTEBOOK.parent)
-    namespace: dict = {"__name__": "__quickstart__"}
-    source = compile("\n\n".join(code_cells(build_notebook())), "quickstart", "exec")
-    with torch.random.fork_rng():
-        try:
-            exec(source, namespace)
-        finally:
-            plt.close("all")
+    namespace = run_code_cells(monkeypatch)
     assert namespace["clean"].shape[-2:] == (192, 192)
     gains, qualities = namespace["gains"], namespace["qualities"]
     # the attack works and the defense takes most of it back, keeping a usable picture
