@@ -2,8 +2,7 @@
 
 ``read_mos_csv`` reads ``clive/mos.csv`` (``image,mos,mos_std,split``); ``carve_validation``
 takes a fixed, seeded subset of the *train* split for model selection (the ``test`` split is
-only ever used for the final report); ``load_uint8_images`` decodes images once into memory
-as uint8 ``(3, H, W)`` tensors so training epochs do not decode JPEGs again.
+only ever used for the final report).
 """
 
 from __future__ import annotations
@@ -12,13 +11,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from einops import rearrange
-from PIL import Image
-from tqdm import tqdm
-
-from image_io import ImageReadError
 
 SPLITS = ("train", "test")
 
@@ -87,16 +80,3 @@ def carve_validation(
     val = [ordered[i] for i in perm[:n_val]]
     fit = [ordered[i] for i in perm[n_val:]]
     return fit, val
-
-
-def load_uint8_images(paths: list[Path], desc: str = "decoding") -> list[torch.Tensor]:
-    """Decode image files to RGB uint8 ``(3, H, W)`` tensors (kept in memory by the caller)."""
-    images = []
-    for path in tqdm(paths, desc=desc, leave=False):
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except OSError as err:
-            raise ImageReadError(f"cannot read image {path}: {err}") from err
-        images.append(torch.from_numpy(rearrange(array, "h w c -> c h w").copy()))
-    return images

@@ -1,7 +1,8 @@
 """Image files <-> float tensors in [0, 1], without torchvision.
 
 ``load_image`` gives ``(3, H, W)`` float32 in [0, 1] (grey is replicated to RGB, alpha is
-dropped, palette and CMYK images are converted); ``save_image`` writes a ``(3, H, W)`` tensor
+dropped, palette and CMYK images are converted); ``load_images_uint8`` decodes a training set
+once into memory as uint8 (a quarter of float32); ``save_image`` writes a ``(3, H, W)`` tensor
 atomically: to a hidden temp file ``.<name>.<random>.part`` beside the target, then renamed,
 so a reader never sees a partial image; ``temp_file_target`` recognises the temp files a
 killed writer left behind.
@@ -9,6 +10,7 @@ killed writer left behind.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +18,11 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from atomic_write import TEMP_SUFFIX, write_atomic
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # What PIL raises for a file it cannot decode. DecompressionBombError (more than twice
@@ -46,6 +51,29 @@ def load_image(path: str | Path) -> torch.Tensor:
     except DECODE_ERRORS as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
+
+
+def as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """``(3, H, W)`` float in [0, 1] -> uint8 ``(3, H, W)`` (rounded, clipped; exact for what
+    ``load_image`` read from an 8-bit file)."""
+    return (image.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def load_images_uint8(
+    paths: list[Path], desc: str = "decoding images", skip_unreadable: bool = False
+) -> list[torch.Tensor]:
+    """Decode ``paths`` as ``load_image`` does, each kept as uint8 ``(3, H, W)``. A file that
+    cannot be read raises ``ImageReadError``, or with ``skip_unreadable`` is logged and left
+    out (the list is then shorter than ``paths``)."""
+    images = []
+    for path in tqdm(paths, desc=desc, mininterval=5, leave=False):
+        try:
+            images.append(as_uint8(load_image(path)))
+        except ImageReadError as err:
+            if not skip_unreadable:
+                raise
+            logger.warning("skipped %s", err)
+    return images
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

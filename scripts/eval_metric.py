@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 import standin_metric  # noqa: E402
-from clive_data import load_uint8_images, read_mos_csv  # noqa: E402
+from clive_data import read_mos_csv  # noqa: E402
+from image_io import load_images_uint8  # noqa: E402
 from model import IQAModel, MetricModel  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_mos_csv(args.data, "test")
     except FileNotFoundError as err:
         raise SystemExit(f"eval_metric.py: error: {err}") from err
-    images = load_uint8_images([r.path for r in rows], "test images")
+    images = load_images_uint8([r.path for r in rows], "test images")
     scores = []
     with torch.no_grad():
         for image in tqdm(images, desc="scoring CLIVE test"):

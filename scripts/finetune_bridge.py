@@ -63,7 +63,7 @@ from diffusion import (  # noqa: E402
 )
 from diffusion import purify as run_purification  # noqa: E402
 from diffusion.bridge_loss import bridge_loss  # noqa: E402
-from image_io import list_images, load_image, random_window  # noqa: E402
+from image_io import as_uint8, list_images, load_image, load_images_uint8, random_window  # noqa: E402
 from iqa_losses import score_consistency_loss  # noqa: E402
 from model import MetricModel  # noqa: E402
 from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
@@ -74,11 +74,9 @@ from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from scripts.leak_probe import leaks  # noqa: E402
 from scripts.train_ddpm import (  # noqa: E402
     RandomCrops,
-    as_uint8,
     centre_crops,
     holdout_split,
     learning_rate,
-    load_uint8,
 )
 from scripts.tuning import TUNING_IMAGES  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
@@ -203,11 +201,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class FixedPairs:
     """Aligned random crops of a competition-layout dataset: ``reference/<img>`` paired with
     every ``attacked/<attack>/<img>``. Images are kept as uint8 and each reference is decoded
-    once, shared by its attacked copies; crops come out float in [0, 1]."""
+    once (``references``: name -> ``(3, H, W)`` uint8), shared by its attacked copies; crops
+    come out float in [0, 1]."""
 
     def __init__(self, root: Path, names: list[str]) -> None:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
-        references: dict[str, torch.Tensor] = {}
+        self.references: dict[str, torch.Tensor] = {}
+        references = self.references
         for attack_dir in sorted(p for p in (root / "attacked").iterdir() if p.is_dir()):
             stems = {f.stem: f for f in sorted(attack_dir.iterdir())}
             for name in names:
@@ -374,21 +374,21 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
 
     if args.pairs:
         train_names, held_names = split_pairs_dataset(args.pairs)
+        fixed = FixedPairs(args.pairs, train_names)
+        held = FixedPairs(args.pairs, held_names)
     if args.pairs and args.train_dir is None:
-        # the user's own references (training split) feed the clean-image prior
-        train_dir = args.pairs / "reference"
-        train_paths, holdout_paths = [train_dir / n for n in train_names], []
+        # the user's own references (training split, already decoded) feed the clean prior
+        train_images = list(fixed.references.values())
     else:
         train_dir = args.train_dir or (args.data or default_data_dir()) / "clean" / "train"
         all_paths = [
             p for p in list_images(train_dir, recursive=True) if p.name not in TUNING_IMAGES
         ]
         train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
-    crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
+        train_images = load_images_uint8(train_paths, "loading images", skip_unreadable=True)
+    crops = RandomCrops(train_images, args.crop, generator)
     prior_crops = RandomCrops(crops.images, args.prior_crop, generator)
     if args.pairs:
-        fixed = FixedPairs(args.pairs, train_names)
-        held = FixedPairs(args.pairs, held_names)
         clean_val, attacked_val, val_labels = held.crops(
             4 * len(held.pairs),
             min(args.val_crop, 256),

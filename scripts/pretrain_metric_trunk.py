@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
-from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
-from image_io import list_images  # noqa: E402
+from clive_data import carve_validation, read_mos_csv  # noqa: E402
+from image_io import list_images, load_images_uint8  # noqa: E402
 from model import IQAModel, TrunkSpec  # noqa: E402
 from scripts.train_metric import (  # noqa: E402
     PRETRAIN_INFO_FILE,
@@ -184,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.source_limit:
         fit_rows, clean_paths = fit_rows[: args.source_limit], clean_paths[: args.source_limit]
         val_rows = val_rows[: args.source_limit]
-    clive = load_uint8_images([r.path for r in fit_rows], "CLIVE fit images (no MOS)")
+    clive = load_images_uint8([r.path for r in fit_rows], "CLIVE fit images (no MOS)")
     clean = [
         im
-        for im in load_uint8_images(clean_paths, "clean images")
+        for im in load_images_uint8(clean_paths, "clean images")
         if min(im.shape[-2:]) >= args.crop
     ]
     sources = [(im, ANY_SOURCE_KINDS) for im in clive] + [(im, CLEAN_SOURCE_KINDS) for im in clean]
     logger.info("sources: %d CLIVE fit + %d clean (no labels read)", len(clive), len(clean))
-    held = load_uint8_images([r.path for r in val_rows], "CLIVE val carve (eval crops)")
+    held = load_images_uint8([r.path for r in val_rows], "CLIVE val carve (eval crops)")
     eval_gen = torch.Generator().manual_seed(12345)
     norm = Normalise()
     pairs = [

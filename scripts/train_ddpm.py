@@ -30,7 +30,6 @@ import accelerate
 import diffusers
 import torch
 from diffusers.training_utils import EMAModel
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,7 +41,7 @@ from diffusion import (  # noqa: E402
     training_scheduler,
 )
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
-from image_io import ImageReadError, list_images, load_image  # noqa: E402
+from image_io import list_images, load_image, load_images_uint8  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
@@ -133,22 +132,6 @@ def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]
     return [p for i, p in enumerate(paths) if i not in picked], holdout
 
 
-def as_uint8(image: torch.Tensor) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1] -> uint8, a quarter of the memory (exact for 8-bit
-    image files)."""
-    return (image * 255.0).round().to(torch.uint8)
-
-
-def load_uint8(paths: list[Path]) -> list[torch.Tensor]:
-    images = []
-    for path in tqdm(paths, desc="loading images", mininterval=5):
-        try:
-            images.append(as_uint8(load_image(path)))
-        except ImageReadError as err:
-            logger.warning("skipped %s", err)
-    return images
-
-
 def centre_crops(paths: list[Path], size: int) -> torch.Tensor:
     """``(N, 3, s, s)`` centre crops in [0, 1], ``s`` = min(size, smallest side)."""
     images = [load_image(p) for p in paths]
@@ -199,7 +182,9 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     )
     # each process of a data-parallel run draws its own crops
     generator = torch.Generator().manual_seed(args.seed + run.accelerator.process_index)
-    crops = RandomCrops(load_uint8(train_paths), args.crop, generator)
+    crops = RandomCrops(
+        load_images_uint8(train_paths, "loading images", skip_unreadable=True), args.crop, generator
+    )
     val_images = centre_crops(holdout_paths, args.val_crop)
     init_validation: dict[str, float] = {}
 

@@ -43,9 +43,9 @@ import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
-from clive_data import carve_validation, load_uint8_images, read_mos_csv  # noqa: E402
+from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from defenses.classical import JpegDefense  # noqa: E402
-from image_io import list_images, random_window, to_uint8  # noqa: E402
+from image_io import list_images, load_images_uint8, random_window, to_uint8  # noqa: E402
 from model import MetricModel  # noqa: E402
 from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
 from scripts.denoiser_run import (  # noqa: E402
@@ -58,7 +58,7 @@ from scripts.denoiser_run import (  # noqa: E402
     setup_logging,
 )
 from scripts.eval_detector import summarize  # noqa: E402
-from scripts.train_ddpm import holdout_split, load_uint8  # noqa: E402
+from scripts.train_ddpm import holdout_split  # noqa: E402
 from scripts.tuning import TUNING_IMAGES  # noqa: E402
 
 logger = logging.getLogger("train_detector")
@@ -255,10 +255,11 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     train_dir = args.data / "clean" / "train"
     all_paths = [p for p in list_images(train_dir) if p.name not in TUNING_IMAGES]
     train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
-    sources, held = load_uint8(train_paths), load_uint8(holdout_paths)
+    sources = load_images_uint8(train_paths, "clean train", skip_unreadable=True)
+    held = load_images_uint8(holdout_paths, "clean held-out", skip_unreadable=True)
     fit_rows, val_rows = carve_validation(read_mos_csv(args.data, "train"), 0.15, seed=0)
-    clive = load_uint8_images([r.path for r in fit_rows[: args.clive_images]], "CLIVE train")
-    clive_val = load_uint8_images([r.path for r in val_rows], "CLIVE val carve")
+    clive = load_images_uint8([r.path for r in fit_rows[: args.clive_images]], "CLIVE train")
+    clive_val = load_images_uint8([r.path for r in val_rows], "CLIVE val carve")
 
     metric = MetricModel(args.device, args.metric_checkpoint).eval()
     for parameter in metric.parameters():

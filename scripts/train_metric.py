@@ -40,10 +40,9 @@ from clive_data import (  # noqa: E402
     MosRow,
     carve_validation,
     clive_dir,
-    load_uint8_images,
     read_mos_csv,
 )
-from image_io import list_images, random_window  # noqa: E402
+from image_io import list_images, load_images_uint8, random_window  # noqa: E402
 from iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss  # noqa: E402
 from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec  # noqa: E402
 from standin_metric import STANDIN_SPEC, save_standin, spec_to_dict  # noqa: E402
@@ -329,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_limit:
         fit_rows = fit_rows[: args.train_limit]
     logger.info("CLIVE train split %d = fit %d + val %d", len(rows), len(fit_rows), len(val_rows))
-    fit_images = load_uint8_images([r.path for r in fit_rows], "fit images")
-    val_images = load_uint8_images([r.path for r in val_rows], "val images")
+    fit_images = load_images_uint8([r.path for r in fit_rows], "fit images")
+    val_images = load_images_uint8([r.path for r in val_rows], "val images")
     fit_mos = torch.tensor([r.mos for r in fit_rows], dtype=torch.float32)
     val_mos = np.asarray([r.mos for r in val_rows])
     sources: list[tuple[torch.Tensor, tuple[str, ...]]] = [
@@ -338,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     n_clean = 0
     if args.rank_weight > 0 and args.clean_dir.is_dir():
-        clean = load_uint8_images(list_images(args.clean_dir, recursive=False), "clean images")
+        clean = load_images_uint8(list_images(args.clean_dir, recursive=False), "clean images")
         clean = [im for im in clean if min(im.shape[-2:]) >= args.crop]
         sources += [(im, CLEAN_SOURCE_KINDS) for im in clean]
         n_clean = len(clean)
@@ -481,7 +480,7 @@ def finish(
     model.load_state_dict(load_file(best_path), strict=True)
     # Calibrate on the held-out val part of the train split: the fit part is where the model
     # has overfitted, so its scores spread wider than on unseen images.
-    pred = predict(model, load_uint8_images([r.path for r in val_rows], "val images"), "calibrate")
+    pred = predict(model, load_images_uint8([r.path for r in val_rows], "val images"), "calibrate")
     mos = np.asarray([r.mos for r in val_rows])
     k, b = [], []
     for j in range(3):

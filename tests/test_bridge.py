@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import image_io
 from attacks.registry import ATTACKS
 from attacks.training_pairs import PairPool, RandomAttacks, batch_universal
 from diffusion import training_scheduler
@@ -20,7 +21,7 @@ from diffusion.bridge_loss import (
     highpass,
     min_snr_weights,
 )
-from image_io import save_image
+from image_io import load_image, save_image
 from iqa_losses import score_consistency_loss
 from scripts import finetune_bridge
 from tests.conftest import write_tiny_release, write_tiny_standin
@@ -345,13 +346,25 @@ def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
     assert gain_row in report and "| gain/fgsm |" in report
 
 
-def test_fixed_pairs_need_no_project_data(tmp_path: Path) -> None:
+def test_fixed_pairs_need_no_project_data_and_decode_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _pairs_dataset(tmp_path / "pairs")
     output = tmp_path / "ddpm-mine"
     args = _tiny_args(tmp_path, output) + ["--pairs", str(data), "--metric-weight", "0"]
     args += ["--data", str(tmp_path / "no-such-data")]
+    decoded: list[str] = []
+
+    def counting_load(path: Path) -> torch.Tensor:
+        decoded.append(Path(path).relative_to(data).as_posix())
+        return load_image(path)
+
+    monkeypatch.setattr(image_io, "load_image", counting_load)
+    monkeypatch.setattr(finetune_bridge, "load_image", counting_load)
     assert finetune_bridge.main(args) == 0
     assert (output / "manifest.json").is_file()
+    # the prior reuses the pairs' references: 4 references + 8 attacked, each read once
+    assert len(decoded) == len(set(decoded)) == 12
 
 
 def test_fixed_pairs_keep_8_bit_pixels_and_share_references(tmp_path: Path) -> None:

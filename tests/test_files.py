@@ -17,7 +17,14 @@ from PIL import Image
 
 from atomic_write import staged_folder
 from defenses import make_defense
-from image_io import ImageReadError, load_image, random_window, save_image, temp_file_target
+from image_io import (
+    ImageReadError,
+    load_image,
+    load_images_uint8,
+    random_window,
+    save_image,
+    temp_file_target,
+)
 from paths import ROOT
 from purifier import DiffusionPurifier
 from purifier.folder_plan import plan_folder
@@ -234,6 +241,24 @@ def test_load_image_turns_an_image_upright_by_its_exif_orientation(
     image = load_image(tmp_path / f"phone{suffix}")
     assert image.shape == (3, 30, 20)  # upright: the stored landscape shows as portrait
     assert image[:, :6, -4:].mean() > 0.9 and image[:, -6:, :4].mean() < 0.1  # corner moved
+
+
+def test_load_images_uint8_keeps_8_bit_pixels_exactly_and_skips_only_when_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[:, :, 0]).save(tmp_path / "grey.png")
+    (tmp_path / "bad.jpg").write_text("not a picture")
+    paths = [tmp_path / "a.png", tmp_path / "bad.jpg", tmp_path / "grey.png"]
+    with caplog.at_level(logging.WARNING):
+        colour, grey = load_images_uint8(paths, skip_unreadable=True)
+    assert "bad.jpg" in caplog.text
+    assert colour.dtype == torch.uint8 and colour.shape == (3, 5, 7)
+    assert np.array_equal(colour.permute(1, 2, 0).numpy(), pixels)
+    assert all(np.array_equal(grey[c].numpy(), pixels[:, :, 0]) for c in range(3))
+    with pytest.raises(ImageReadError, match=r"bad\.jpg"):
+        load_images_uint8(paths)
 
 
 def test_load_image_reports_a_decompression_bomb(
