@@ -4,7 +4,9 @@
     python scripts/leave_one_attack_out.py --output-dir runs/loao --max-steps 200 --threads 1
     python scripts/leave_one_attack_out.py --output-dir runs/loao --only all,fgsm,ifgsm
     python scripts/leave_one_attack_out.py --output-dir runs/loao --report-only
-    python scripts/leave_one_attack_out.py ... -- --metric-weight 0.5   # more fine-tune options
+    python scripts/leave_one_attack_out.py ... -- --chain-steps 2   # more fine-tune options
+    python scripts/leave_one_attack_out.py --output-dir runs/loao --report-only \
+        --score runs/tuning-set=weights/standin-metric-v1
 
 Runs ``scripts/finetune_bridge.py`` (one subprocess each, same seed, same starting weights):
 
@@ -19,6 +21,14 @@ starting weights' Gain on the same crops comes from the ``all`` run. A finished 
 ``out/manifest.json`` exists) is skipped, so an interrupted study resumes; several processes
 can share the study with disjoint ``--only`` lists. The report (markdown and JSON) covers the
 finished runs. Target of issue 8: every held-out Gain <= 2x its in-distribution Gain.
+
+``--score DATA_DIR=METRIC`` (repeatable) also scores the finished weights the way users run
+them: ``scripts/benchmark.py`` on an attacked dataset in the competition layout, with the
+shipped ``Defense`` knobs (``purifier/defaults.json``) and the given metric, in one run for the
+``all`` weights and the ``without-<attack>`` weights of every attack the dataset has; weights
+trained without an attack are read on that attack only. The benchmark goes to
+``OUTPUT_DIR/score-<dataset folder name>``; a finished benchmark with the same defenses is
+reused.
 """
 
 from __future__ import annotations
@@ -42,6 +52,15 @@ logger = logging.getLogger("leave_one_attack_out")
 
 ALL = "all"
 TARGET_RATIO = 2.0
+UNDEFENDED = "none"
+
+
+def parse_score(spec: str) -> tuple[Path, Path]:
+    """``DATA_DIR=METRIC`` -> ``(data_dir, metric)``."""
+    data, sep, metric = spec.partition("=")
+    if not sep or not data or not metric:
+        raise argparse.ArgumentTypeError(f"--score takes DATA_DIR=METRIC, got {spec!r}")
+    return Path(data), Path(metric)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--score",
+        type=parse_score,
+        action="append",
+        default=[],
+        metavar="DATA_DIR=METRIC",
+        help="also benchmark the weights with the shipped Defense knobs on this attacked dataset",
+    )
     args = parser.parse_args(argv)
     args.finetune_options = extra
     args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -185,15 +212,147 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def weights_spec(output_dir: Path, name: str) -> str:
+    """``benchmark.py``'s defense spec of run ``name``'s weights."""
+    return f"ddpm@{run_folder(output_dir, name) / 'out'}"
+
+
+def dataset_attacks(data_dir: Path) -> list[str]:
+    """The attack folders of a competition-layout dataset, sorted."""
+    folder = data_dir / "attacked"
+    if not folder.is_dir():
+        raise SystemExit(f"--score: no attacked/ folder in {data_dir}")
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def score_plan(args: argparse.Namespace, data_dir: Path) -> tuple[list[str], list[str]]:
+    """``(held-out attacks to read, benchmark defense specs)`` for one dataset: the attacks of
+    the study the dataset has whose ``without-`` run finished, and the specs to compare."""
+    present = set(dataset_attacks(data_dir))
+    held = [
+        a
+        for a in args.attacks
+        if a in present and read_training(run_folder(args.output_dir, a)) is not None
+    ]
+    specs = [UNDEFENDED, weights_spec(args.output_dir, ALL)]
+    return held, specs + [weights_spec(args.output_dir, a) for a in held]
+
+
+def score_command(
+    args: argparse.Namespace, data_dir: Path, metric: Path, specs: list[str], folder: Path
+) -> list[str]:
+    """The ``benchmark.py`` command line scoring ``specs`` on one dataset."""
+    return [
+        sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(data_dir),
+        "--metric", str(metric), "--defenses", ",".join(specs), "--threads", str(args.threads),
+        "--seed", str(args.seed), "--no-memory", "--no-grid", "--no-progress",
+        "--linearity-repeats", "1", "--output-dir", str(folder),
+    ]  # fmt: skip
+
+
+def run_score(args: argparse.Namespace, data_dir: Path, metric: Path) -> dict[str, Any] | None:
+    """Benchmark the study's weights on one dataset (reusing a finished benchmark of the same
+    defenses); its ``benchmark.json``, or None if the ``all`` run or the benchmark failed."""
+    folder = args.output_dir / f"score-{data_dir.resolve().name}"
+    if read_training(run_folder(args.output_dir, ALL)) is None:
+        logger.warning("--score %s: the 'all' run has not finished", data_dir)
+        return None
+    _, specs = score_plan(args, data_dir)
+    result = folder / "benchmark.json"
+    if result.exists():
+        previous = json.loads(result.read_text())
+        if sorted(previous["defenses"]) == sorted(specs):
+            logger.info("--score %s: reusing %s", data_dir, result)
+            return previous
+        result.unlink()  # other defenses: never report a stale benchmark as this one
+    command = score_command(args, data_dir, metric, specs, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    logger.info("--score %s: %s", data_dir, shlex.join(command))
+    with open(folder / "run.log", "a") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0 or not result.exists():
+        logger.error("--score %s: benchmark exit %d, see %s", data_dir, code, folder / "run.log")
+        return None
+    return json.loads(result.read_text())
+
+
+def attack_gain(benchmark: dict[str, Any], spec: str, attack: str) -> float | None:
+    """``spec``'s Gain (%) on ``attack`` in a ``benchmark.json``; None if absent."""
+    defense = benchmark["defenses"].get(spec)
+    if defense is None:
+        return None
+    for row in defense["rows"]:
+        if row["Attack"] == attack:
+            return row["Gain Score"]
+    return None
+
+
+def score_table(
+    benchmark: dict[str, Any], output_dir: Path, attacks: list[str]
+) -> list[dict[str, Any]]:
+    """One row per attack of the benchmark: undefended, in-distribution (``all`` weights) and
+    held-out (``without-<attack>`` weights) Gain with the shipped knobs."""
+    everything = weights_spec(output_dir, ALL)
+    present = {row["Attack"] for row in benchmark["defenses"][everything]["rows"]}
+    rows = []
+    for attack in [a for a in attacks if a in present]:
+        row: dict[str, Any] = {
+            "attack": attack,
+            "undefended": attack_gain(benchmark, UNDEFENDED, attack),
+            "in_distribution": attack_gain(benchmark, everything, attack),
+            "held_out": attack_gain(benchmark, weights_spec(output_dir, attack), attack),
+        }
+        if row["in_distribution"] and row["held_out"] is not None:
+            row["ratio"] = round(row["held_out"] / row["in_distribution"], 2)
+        rows.append(row)
+    return rows
+
+
+def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> str:
+    """One ``--score`` table as markdown."""
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    lines = [
+        f"## Shipped Defense knobs on `{data_dir}` (metric `{metric}`)",
+        "",
+        "Gain (%) from `scripts/benchmark.py` with `purifier/defaults.json`; weights trained "
+        "without an attack are read on that attack only.",
+        "",
+        "| attack | undefended | in-distribution (all attacks) "
+        "| held out (trained without it) | held-out / in-distribution | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = row.get("ratio")
+        verdict = "" if ratio is None else ("✅" if ratio <= TARGET_RATIO else "❌")
+        lines.append(
+            f"| {row['attack']} | {cell(row['undefended'])} | {cell(row['in_distribution'])} "
+            f"| {cell(row['held_out'])} | {cell(ratio)} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     failed = 0 if args.report_only else run_study(args)
     rows = study_table(args.output_dir, args.attacks)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "report.md").write_text(markdown(rows, args))
+    report = markdown(rows, args)
+    for data_dir, metric in args.score:
+        benchmark = run_score(args, data_dir, metric)
+        if benchmark is None:
+            failed += 1
+            continue
+        table = score_table(benchmark, args.output_dir, args.attacks)
+        folder = args.output_dir / f"score-{data_dir.resolve().name}"
+        (folder / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+        report += "\n" + score_markdown(table, data_dir, metric)
+    (args.output_dir / "report.md").write_text(report)
     (args.output_dir / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(markdown(rows, args))
+    print(report)
     return 1 if failed else 0
 
 

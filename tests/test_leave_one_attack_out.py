@@ -11,7 +11,7 @@ import torch
 
 from image_io import save_image
 from scripts import leave_one_attack_out as loao
-from tests.conftest import write_tiny_release
+from tests.conftest import write_tiny_release, write_tiny_standin
 
 
 def _fake_run(folder: Path, validation: dict, init_validation: dict | None = None) -> None:
@@ -73,6 +73,73 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert started[0][-2:] == ["--resume", "latest"]
 
 
+def _gain_rows(gains: dict[str, float]) -> dict:
+    return {"rows": [{"Attack": a, "Gain Score": g} for a, g in gains.items()]}
+
+
+def test_score_benchmarks_finished_weights_and_reads_each_held_out_on_its_attack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, data = tmp_path / "study", tmp_path / "tuning-set"
+    for attack in ("fgsm", "ifgsm", "uap"):
+        (data / "attacked" / attack).mkdir(parents=True)
+    _fake_run(study / "all", {})
+    _fake_run(study / "without-fgsm", {})
+    _fake_run(study / "without-ifgsm", {})  # without-uap has not finished
+    argv = ["--output-dir", str(study), "--attacks", "fgsm,ifgsm,uap,madc", "--threads", "2"]
+    args = loao.parse_args([*argv, "--score", f"{data}=weights/m"])
+    assert args.score == [(data, Path("weights/m"))]
+    held, specs = loao.score_plan(args, data)
+    assert held == ["fgsm", "ifgsm"]  # madc: not in the dataset; uap: not finished
+    every = f"ddpm@{study / 'all' / 'out'}"
+    without = {a: f"ddpm@{study / f'without-{a}' / 'out'}" for a in ("fgsm", "ifgsm")}
+    assert specs == ["none", every, without["fgsm"], without["ifgsm"]]
+    command = loao.score_command(args, data, Path("weights/m"), specs, tmp_path / "out")
+    assert command[command.index("--defenses") + 1] == ",".join(specs)
+    assert command[command.index("--metric") + 1] == "weights/m"
+    assert command[command.index("--threads") + 1] == "2" and "--no-memory" in command
+
+    benchmark = {
+        "meta": {"attacks": 3},
+        "defenses": {
+            "none": _gain_rows({"fgsm": 60.0, "ifgsm": 150.0, "uap": 80.0}),
+            every: _gain_rows({"fgsm": 10.0, "ifgsm": 8.0, "uap": 4.0}),
+            without["fgsm"]: _gain_rows({"fgsm": 25.0, "ifgsm": 1.0, "uap": 1.0}),
+            without["ifgsm"]: _gain_rows({"fgsm": 1.0, "ifgsm": 6.0, "uap": 1.0}),
+        },
+    }
+    folder = study / "score-tuning-set"
+    folder.mkdir()
+    (folder / "benchmark.json").write_text(json.dumps(benchmark))
+    started: list[list[str]] = []
+    monkeypatch.setattr(loao.subprocess, "call", lambda cmd, **_: started.append(cmd) or 0)
+    assert loao.run_score(args, data, Path("weights/m")) == benchmark
+    assert started == []  # same defenses: the finished benchmark is reused
+    rows = loao.score_table(benchmark, study, args.attacks)
+    assert rows == [
+        {"attack": "fgsm", "undefended": 60.0, "in_distribution": 10.0, "held_out": 25.0,
+         "ratio": 2.5},
+        {"attack": "ifgsm", "undefended": 150.0, "in_distribution": 8.0, "held_out": 6.0,
+         "ratio": 0.75},
+        {"attack": "uap", "undefended": 80.0, "in_distribution": 4.0, "held_out": None},
+    ]  # fmt: skip
+    report = loao.score_markdown(rows, data, Path("weights/m"))
+    assert "| fgsm | 60.00 | 10.00 | 25.00 | 2.50 | ❌ |" in report
+    assert "| uap | 80.00 | 4.00 | – | – |  |" in report
+
+    _fake_run(study / "without-uap", {})  # one more finished run: the benchmark is redone
+    assert loao.run_score(args, data, Path("weights/m")) is None  # the fake run wrote nothing
+    assert started[0][started[0].index("--defenses") + 1].endswith("without-uap/out")
+
+
+def test_score_needs_the_all_run_and_an_attacked_folder(tmp_path: Path) -> None:
+    args = loao.parse_args(["--output-dir", str(tmp_path / "study"), "--attacks", "fgsm,ifgsm"])
+    assert loao.run_score(args, tmp_path / "data", Path("m")) is None
+    _fake_run(tmp_path / "study" / "all", {})
+    with pytest.raises(SystemExit, match="no attacked/ folder"):
+        loao.run_score(args, tmp_path / "data", Path("m"))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -80,6 +147,8 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         (["--attacks", "fgsm,nope"], "unknown"),
         (["--attacks", "fgsm,ifgsm", "--only", "uap"], "--only takes"),
         (["--max-steps", "0"], "--max-steps"),
+        (["--score", "runs/tuning-set"], "DATA_DIR=METRIC"),
+        (["--score", "=weights/m"], "DATA_DIR=METRIC"),
     ],
 )
 def test_bad_options_are_refused(
@@ -100,10 +169,22 @@ def test_a_two_attack_study_end_to_end(tmp_path: Path) -> None:
         "--pool-size", "4", "--refresh", "2", "--mixed-precision", "no",
         "--max-attack-steps", "2",
     ]  # fmt: skip
+    data = tmp_path / "attacked-set"  # competition layout, scored through benchmark.py
+    for i in range(2):
+        reference = torch.rand(3, 32, 32, generator=gen)
+        save_image(reference, data / "reference" / f"r{i}.png")
+        for attack in ("fgsm", "ifgsm", "uap"):
+            attacked = (reference + 0.05 * torch.randn(3, 32, 32, generator=gen)).clamp(0, 1)
+            save_image(attacked, data / "attacked" / attack / f"r{i}.png")
+    metric = write_tiny_standin(tmp_path / "metric", bias=50.0)  # positive scores, as Gain needs
     argv = ["--output-dir", str(tmp_path / "study"), "--attacks", "fgsm,ifgsm"]
     argv += ["--init", str(write_tiny_release(tmp_path / "init")), "--max-steps", "1"]
-    assert loao.main([*argv, "--", *tiny]) == 0
+    assert loao.main([*argv, "--score", f"{data}={metric}", "--", *tiny]) == 0
     rows = json.loads((tmp_path / "study" / "report.json").read_text())
     assert [row["attack"] for row in rows] == ["fgsm", "ifgsm"]
     assert all(row["ratio"] > 0 and row["undefended"] > 0 for row in rows)
-    assert "held out (trained without it)" in (tmp_path / "study" / "report.md").read_text()
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert "held out (trained without it)" in report and "## Shipped Defense knobs" in report
+    scored = json.loads((tmp_path / "study" / "score-attacked-set" / "table.json").read_text())
+    assert [row["attack"] for row in scored] == ["fgsm", "ifgsm"]  # uap: not in the study
+    assert all(row["ratio"] > 0 and row["undefended"] > 0 for row in scored)
