@@ -156,6 +156,37 @@ def read_training(folder: Path) -> dict[str, Any] | None:
     return json.loads(manifest.read_text())["training"]
 
 
+def with_ratio(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``ratio`` = held-out / in-distribution Gain when both are known."""
+    if row["in_distribution"] and row["held_out"] is not None:
+        row["ratio"] = round(row["held_out"] / row["in_distribution"], 2)
+    return row
+
+
+COLUMN_TITLES = {
+    "undefended": "undefended",
+    "start": "starting weights",
+    "in_distribution": "in-distribution (all attacks)",
+    "held_out": "held out (trained without it)",
+}
+
+
+def table_lines(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """A markdown table of ``rows``: the attack, ``columns`` (Gain, %), the ratio, the verdict."""
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    header = ["attack", *(COLUMN_TITLES[c] for c in columns), "held-out / in-distribution"]
+    lines = ["| " + " | ".join([*header, "target"]) + " |", "|---" * (len(header) + 1) + "|"]
+    for row in rows:
+        ratio = row.get("ratio")
+        verdict = "" if ratio is None else ("✅" if ratio <= TARGET_RATIO else "❌")
+        cells = [row["attack"], *(cell(row[c]) for c in columns), cell(ratio), verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def study_table(output_dir: Path, attacks: list[str]) -> list[dict[str, Any]]:
     """One row per attack: start, in-distribution and held-out Gain (None where missing)."""
     everything = read_training(run_folder(output_dir, ALL))
@@ -171,18 +202,12 @@ def study_table(output_dir: Path, attacks: list[str]) -> list[dict[str, Any]]:
             "in_distribution": everything["validation"].get(key) if everything else None,
             "held_out": held["validation"].get(key) if held else None,
         }
-        if row["in_distribution"] and row["held_out"] is not None:
-            row["ratio"] = round(row["held_out"] / row["in_distribution"], 2)
-        rows.append(row)
+        rows.append(with_ratio(row))
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The report as markdown."""
-
-    def cell(value: Any) -> str:
-        return "–" if value is None else f"{value:.2f}"
-
     extra = shlex.join(args.finetune_options)
     lines = [
         "# Leave-one-attack-out: bridge fine-tuning on unseen attacks",
@@ -197,18 +222,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "`clean/train` images; undefended = the attack's Gain without defense.",
         f"- Target: held-out <= {TARGET_RATIO:g}x in-distribution.",
         "",
-        "| attack | undefended | starting weights | in-distribution (all attacks) "
-        "| held out (trained without it) | held-out / in-distribution | target |",
-        "|---|---|---|---|---|---|---|",
+        *table_lines(rows, ["undefended", "start", "in_distribution", "held_out"]),
     ]
-    for row in rows:
-        ratio = row.get("ratio")
-        verdict = "" if ratio is None else ("✅" if ratio <= TARGET_RATIO else "❌")
-        lines.append(
-            f"| {row['attack']} | {cell(row['undefended'])} | {cell(row['start'])} "
-            f"| {cell(row['in_distribution'])} | {cell(row['held_out'])} | {cell(ratio)} "
-            f"| {verdict} |"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -302,35 +317,20 @@ def score_table(
             "in_distribution": attack_gain(benchmark, everything, attack),
             "held_out": attack_gain(benchmark, weights_spec(output_dir, attack), attack),
         }
-        if row["in_distribution"] and row["held_out"] is not None:
-            row["ratio"] = round(row["held_out"] / row["in_distribution"], 2)
-        rows.append(row)
+        rows.append(with_ratio(row))
     return rows
 
 
 def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> str:
     """One ``--score`` table as markdown."""
-
-    def cell(value: Any) -> str:
-        return "–" if value is None else f"{value:.2f}"
-
     lines = [
         f"## Shipped Defense knobs on `{data_dir}` (metric `{metric}`)",
         "",
         "Gain (%) from `scripts/benchmark.py` with `purifier/defaults.json`; weights trained "
         "without an attack are read on that attack only.",
         "",
-        "| attack | undefended | in-distribution (all attacks) "
-        "| held out (trained without it) | held-out / in-distribution | target |",
-        "|---|---|---|---|---|---|",
+        *table_lines(rows, ["undefended", "in_distribution", "held_out"]),
     ]
-    for row in rows:
-        ratio = row.get("ratio")
-        verdict = "" if ratio is None else ("✅" if ratio <= TARGET_RATIO else "❌")
-        lines.append(
-            f"| {row['attack']} | {cell(row['undefended'])} | {cell(row['in_distribution'])} "
-            f"| {cell(row['held_out'])} | {cell(ratio)} | {verdict} |"
-        )
     return "\n".join(lines) + "\n"
 
 
