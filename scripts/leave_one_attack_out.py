@@ -168,22 +168,28 @@ COLUMN_TITLES = {
     "start": "starting weights",
     "in_distribution": "in-distribution (all attacks)",
     "held_out": "held out (trained without it)",
+    "seen_ratio": "same weights on the attacks they trained on / all",
 }
 
 
-def table_lines(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    """A markdown table of ``rows``: the attack, ``columns`` (Gain, %), the ratio, the verdict."""
+def table_lines(
+    rows: list[dict[str, Any]], columns: list[str], after: tuple[str, ...] = ()
+) -> list[str]:
+    """A markdown table of ``rows``: the attack, ``columns`` (Gain, %), the ratio, the
+    ``after`` columns, the verdict."""
 
     def cell(value: Any) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     header = ["attack", *(COLUMN_TITLES[c] for c in columns), "held-out / in-distribution"]
+    header += [COLUMN_TITLES[c] for c in after]
     lines = ["| " + " | ".join([*header, "target"]) + " |", "|---" * (len(header) + 1) + "|"]
     for row in rows:
         ratio = row.get("ratio")
         verdict = "" if ratio is None else ("✅" if ratio <= TARGET_RATIO else "❌")
-        cells = [row["attack"], *(cell(row[c]) for c in columns), cell(ratio), verdict]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [row["attack"], *(cell(row[c]) for c in columns), cell(ratio)]
+        cells += [cell(row.get(c)) for c in after]
+        lines.append("| " + " | ".join([*cells, verdict]) + " |")
     return lines
 
 
@@ -306,17 +312,29 @@ def score_table(
     benchmark: dict[str, Any], output_dir: Path, attacks: list[str]
 ) -> list[dict[str, Any]]:
     """One row per attack of the benchmark: undefended, in-distribution (``all`` weights) and
-    held-out (``without-<attack>`` weights) Gain with the shipped knobs."""
+    held-out (``without-<attack>`` weights) Gain with the shipped knobs, and ``seen_ratio``:
+    the held-out weights' Gain over the ``all`` weights' on the other attacks (which both
+    trained on), averaged: how far apart two runs are without any held-out attack."""
     everything = weights_spec(output_dir, ALL)
-    present = {row["Attack"] for row in benchmark["defenses"][everything]["rows"]}
+    present = [
+        a for a in attacks if a in {r["Attack"] for r in benchmark["defenses"][everything]["rows"]}
+    ]
     rows = []
-    for attack in [a for a in attacks if a in present]:
+    for attack in present:
+        held = weights_spec(output_dir, attack)
         row: dict[str, Any] = {
             "attack": attack,
             "undefended": attack_gain(benchmark, UNDEFENDED, attack),
             "in_distribution": attack_gain(benchmark, everything, attack),
-            "held_out": attack_gain(benchmark, weights_spec(output_dir, attack), attack),
+            "held_out": attack_gain(benchmark, held, attack),
         }
+        seen = [
+            (attack_gain(benchmark, held, other), attack_gain(benchmark, everything, other))
+            for other in present
+            if other != attack
+        ]
+        seen = [h / e for h, e in seen if h is not None and e]
+        row["seen_ratio"] = round(sum(seen) / len(seen), 2) if seen else None
         rows.append(with_ratio(row))
     return rows
 
@@ -327,9 +345,11 @@ def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> 
         f"## Shipped Defense knobs on `{data_dir}` (metric `{metric}`)",
         "",
         "Gain (%) from `scripts/benchmark.py` with `purifier/defaults.json`; weights trained "
-        "without an attack are read on that attack only.",
+        "without an attack are read on that attack only. The last ratio compares the same "
+        "weights with the `all` weights on the attacks both trained on: the difference between "
+        "two runs that has nothing to do with the held-out attack.",
         "",
-        *table_lines(rows, ["undefended", "in_distribution", "held_out"]),
+        *table_lines(rows, ["undefended", "in_distribution", "held_out"], after=("seen_ratio",)),
     ]
     return "\n".join(lines) + "\n"
 
