@@ -29,11 +29,16 @@ def convert(src: Path, dst: Path) -> None:
     torch.save({"model": state, "k": k, "b": b}, dst)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, help="original checkpoint (must be trusted)")
     parser.add_argument("dst", type=Path, help="output path (must not exist)")
     parser.add_argument("--trust", action="store_true", help="confirm that SRC is trusted")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.trust:
         parser.error("unpickling runs code from the file: pass --trust if you trust SRC")
