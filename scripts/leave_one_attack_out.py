@@ -169,6 +169,9 @@ COLUMN_TITLES = {
     "in_distribution": "in-distribution (all attacks)",
     "held_out": "held out (trained without it)",
     "seen_ratio": "same weights on the attacks they trained on / all",
+    "uplift_in": "surviving uplift, all",
+    "uplift_held": "surviving uplift, held out",
+    "uplift_ratio": "surviving uplift: held out / all",
 }
 
 
@@ -302,15 +305,25 @@ def run_score(args: argparse.Namespace, data_dir: Path, metric: Path) -> dict[st
     return json.loads(result.read_text())
 
 
-def attack_gain(benchmark: dict[str, Any], spec: str, attack: str) -> float | None:
-    """``spec``'s Gain (%) on ``attack`` in a ``benchmark.json``; None if absent."""
+def attack_row(benchmark: dict[str, Any], spec: str, attack: str) -> dict[str, Any] | None:
+    """``spec``'s row for ``attack`` in a ``benchmark.json``; None if absent."""
     defense = benchmark["defenses"].get(spec)
-    if defense is None:
-        return None
-    for row in defense["rows"]:
-        if row["Attack"] == attack:
-            return row["Gain Score"]
-    return None
+    rows = [] if defense is None else defense["rows"]
+    return next((row for row in rows if row["Attack"] == attack), None)
+
+
+def attack_gain(benchmark: dict[str, Any], spec: str, attack: str) -> float | None:
+    """``spec``'s Gain (%) on ``attack``; None if absent."""
+    row = attack_row(benchmark, spec, attack)
+    return None if row is None else row["Gain Score"]
+
+
+def surviving_uplift(benchmark: dict[str, Any], spec: str, attack: str) -> float | None:
+    """``spec``'s score shift (%) on ``attack`` minus its shift on the clean references: the
+    attack's uplift that survives purification, without the defense's own smoothing."""
+    row = attack_row(benchmark, spec, attack)
+    clean = benchmark["defenses"][spec].get("clean") if row is not None else None
+    return None if not clean else row["Score shift"] - clean["Score shift"]
 
 
 def score_table(
@@ -319,7 +332,9 @@ def score_table(
     """One row per attack of the benchmark: undefended, in-distribution (``all`` weights) and
     held-out (``without-<attack>`` weights) Gain with the shipped knobs, and ``seen_ratio``:
     the held-out weights' Gain over the ``all`` weights' on the other attacks (which both
-    trained on), averaged: how far apart two runs are without any held-out attack."""
+    trained on), averaged: how far apart two runs are without any held-out attack; and the
+    surviving uplift of both weights on the attack, with their ratio when the ``all`` weights'
+    is positive."""
     everything = weights_spec(output_dir, ALL)
     present = [
         a for a in attacks if a in {r["Attack"] for r in benchmark["defenses"][everything]["rows"]}
@@ -340,6 +355,10 @@ def score_table(
         ]
         seen = [h / e for h, e in seen if h is not None and e]
         row["seen_ratio"] = round(sum(seen) / len(seen), 2) if seen else None
+        row["uplift_in"] = surviving_uplift(benchmark, everything, attack)
+        row["uplift_held"] = surviving_uplift(benchmark, held, attack)
+        if row["uplift_in"] and row["uplift_in"] > 0 and row["uplift_held"] is not None:
+            row["uplift_ratio"] = round(row["uplift_held"] / row["uplift_in"], 2)
         rows.append(with_ratio(row))
     return rows
 
@@ -352,9 +371,16 @@ def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> 
         "Gain (%) from `scripts/benchmark.py` with `purifier/defaults.json`; weights trained "
         "without an attack are read on that attack only. The last ratio compares the same "
         "weights with the `all` weights on the attacks both trained on: the difference between "
-        "two runs that has nothing to do with the held-out attack.",
+        "two runs that has nothing to do with the held-out attack. Surviving uplift (points "
+        "of %) is the attack's score shift minus the same weights' shift on clean references: "
+        "the attack left after purification, without the weights' own smoothing, which the "
+        "Gain mixes in.",
         "",
-        *table_lines(rows, ["undefended", "in_distribution", "held_out"], after=("seen_ratio",)),
+        *table_lines(
+            rows,
+            ["undefended", "in_distribution", "held_out"],
+            after=("seen_ratio", "uplift_in", "uplift_held", "uplift_ratio"),
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -73,8 +73,10 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert started[0][-2:] == ["--resume", "latest"]
 
 
-def _gain_rows(gains: dict[str, float]) -> dict:
-    return {"rows": [{"Attack": a, "Gain Score": g} for a, g in gains.items()]}
+def _gain_rows(gains: dict[str, float], clean_shift: float = 0.0) -> dict:
+    """Benchmark rows whose attacked shift equals the Gain, and the clean references' shift."""
+    rows = [{"Attack": a, "Gain Score": g, "Score shift": g} for a, g in gains.items()]
+    return {"rows": rows, "clean": {"Score shift": clean_shift}}
 
 
 def test_score_benchmarks_finished_weights_and_reads_each_held_out_on_its_attack(
@@ -103,9 +105,9 @@ def test_score_benchmarks_finished_weights_and_reads_each_held_out_on_its_attack
         "meta": {"attacks": 3},
         "defenses": {
             "none": _gain_rows({"fgsm": 60.0, "ifgsm": 150.0, "uap": 80.0}),
-            every: _gain_rows({"fgsm": 10.0, "ifgsm": 8.0, "uap": 4.0}),
-            without["fgsm"]: _gain_rows({"fgsm": 25.0, "ifgsm": 8.0, "uap": 6.0}),
-            without["ifgsm"]: _gain_rows({"fgsm": 12.0, "ifgsm": 6.0, "uap": 4.0}),
+            every: _gain_rows({"fgsm": 10.0, "ifgsm": 8.0, "uap": 4.0}, clean_shift=-2.0),
+            without["fgsm"]: _gain_rows({"fgsm": 25.0, "ifgsm": 8.0, "uap": 6.0}, -5.0),
+            without["ifgsm"]: _gain_rows({"fgsm": 12.0, "ifgsm": 6.0, "uap": 4.0}, -1.0),
         },
     }
     folder = study / "score-tuning-set"
@@ -117,17 +119,20 @@ def test_score_benchmarks_finished_weights_and_reads_each_held_out_on_its_attack
     assert started == []  # same defenses: the finished benchmark is reused
     rows = loao.score_table(benchmark, study, args.attacks)
     assert rows == [
-        # seen_ratio: on the attacks both trained on, (8/8 + 6/4) / 2 and (12/10 + 4/4) / 2
+        # seen_ratio: on the attacks both trained on, (8/8 + 6/4) / 2 and (12/10 + 4/4) / 2;
+        # surviving uplift: shift minus clean shift, 10 + 2 and 25 + 5, 8 + 2 and 6 + 1
         {"attack": "fgsm", "undefended": 60.0, "in_distribution": 10.0, "held_out": 25.0,
-         "seen_ratio": 1.25, "ratio": 2.5},
+         "seen_ratio": 1.25, "uplift_in": 12.0, "uplift_held": 30.0, "uplift_ratio": 2.5,
+         "ratio": 2.5},
         {"attack": "ifgsm", "undefended": 150.0, "in_distribution": 8.0, "held_out": 6.0,
-         "seen_ratio": 1.1, "ratio": 0.75},
+         "seen_ratio": 1.1, "uplift_in": 10.0, "uplift_held": 7.0, "uplift_ratio": 0.7,
+         "ratio": 0.75},
         {"attack": "uap", "undefended": 80.0, "in_distribution": 4.0, "held_out": None,
-         "seen_ratio": None},
+         "seen_ratio": None, "uplift_in": 6.0, "uplift_held": None},
     ]  # fmt: skip
     report = loao.score_markdown(rows, data, Path("weights/m"))
-    assert "| fgsm | 60.00 | 10.00 | 25.00 | 2.50 | 1.25 | ❌ |" in report
-    assert "| uap | 80.00 | 4.00 | – | – | – |  |" in report
+    assert "| fgsm | 60.00 | 10.00 | 25.00 | 2.50 | 1.25 | 12.00 | 30.00 | 2.50 | ❌ |" in report
+    assert "| uap | 80.00 | 4.00 | – | – | – | 6.00 | – | – |  |" in report
 
     _fake_run(study / "without-uap", {})  # one more finished run: the benchmark is redone
     assert loao.run_score(args, data, Path("weights/m")) is None  # the fake run wrote nothing
