@@ -207,18 +207,18 @@ class FixedPairs:
     def __init__(self, root: Path, names: list[str]) -> None:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
         self.references: dict[str, torch.Tensor] = {}
-        references = self.references
         for attack_dir in sorted(p for p in (root / "attacked").iterdir() if p.is_dir()):
             stems = {f.stem: f for f in sorted(attack_dir.iterdir())}
             for name in names:
                 attacked_file = stems.get(Path(name).stem)
                 if attacked_file is None:
                     continue
-                if name not in references:
-                    references[name] = as_uint8(load_image(root / "reference" / name))
+                if name not in self.references:
+                    self.references[name] = as_uint8(load_image(root / "reference" / name))
+                reference = self.references[name]
                 attacked = as_uint8(load_image(attacked_file))
-                if references[name].shape == attacked.shape:
-                    self.pairs.append((references[name], attacked, attack_dir.name))
+                if reference.shape == attacked.shape:
+                    self.pairs.append((reference, attacked, attack_dir.name))
         if not self.pairs:
             raise SystemExit(f"no (reference, attacked) pairs of equal size under {root}")
 

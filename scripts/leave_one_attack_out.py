@@ -267,6 +267,11 @@ def score_plan(args: argparse.Namespace, data_dir: Path) -> tuple[list[str], lis
     return held, specs + [weights_spec(args.output_dir, a) for a in held]
 
 
+def score_folder(output_dir: Path, data_dir: Path) -> Path:
+    """Where ``--score`` on ``data_dir`` writes its benchmark and table."""
+    return output_dir / f"score-{data_dir.resolve().name}"
+
+
 def score_command(
     args: argparse.Namespace, data_dir: Path, metric: Path, specs: list[str], folder: Path
 ) -> list[str]:
@@ -282,7 +287,7 @@ def score_command(
 def run_score(args: argparse.Namespace, data_dir: Path, metric: Path) -> dict[str, Any] | None:
     """Benchmark the study's weights on one dataset (reusing a finished benchmark of the same
     defenses); its ``benchmark.json``, or None if the ``all`` run or the benchmark failed."""
-    folder = args.output_dir / f"score-{data_dir.resolve().name}"
+    folder = score_folder(args.output_dir, data_dir)
     if read_training(run_folder(args.output_dir, ALL)) is None:
         logger.warning("--score %s: the 'all' run has not finished", data_dir)
         return None
@@ -336,9 +341,8 @@ def score_table(
     surviving uplift of both weights on the attack, with their ratio when the ``all`` weights'
     is positive."""
     everything = weights_spec(output_dir, ALL)
-    present = [
-        a for a in attacks if a in {r["Attack"] for r in benchmark["defenses"][everything]["rows"]}
-    ]
+    benchmarked = {row["Attack"] for row in benchmark["defenses"][everything]["rows"]}
+    present = [a for a in attacks if a in benchmarked]
     rows = []
     for attack in present:
         held = weights_spec(output_dir, attack)
@@ -398,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         table = score_table(benchmark, args.output_dir, args.attacks)
-        folder = args.output_dir / f"score-{data_dir.resolve().name}"
-        (folder / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+        table_file = score_folder(args.output_dir, data_dir) / "table.json"
+        table_file.write_text(json.dumps(table, indent=2) + "\n")
         report += "\n" + score_markdown(table, data_dir, metric)
     (args.output_dir / "report.md").write_text(report)
     (args.output_dir / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
