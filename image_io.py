@@ -53,10 +53,13 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
 
 
-def as_uint8(image: torch.Tensor) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1] -> uint8 ``(3, H, W)`` (rounded, clipped; exact for what
-    ``load_image`` read from an 8-bit file)."""
-    return (image.clamp(0, 1) * 255.0).round().to(torch.uint8)
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Floats in [0, 1] of any shape (an image ``(3, H, W)`` or a batch) -> uint8 of the same
+    shape on the same device: clipped, scaled by 255, rounded to nearest (ties to even). Exact
+    for what ``load_image`` read from an 8-bit file; the one 8-bit conversion of the project."""
+    if images.is_complex() or not images.is_floating_point():
+        raise ValueError(f"expected a float tensor in [0, 1], got dtype {images.dtype}")
+    return (images.detach().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
 def load_images_uint8(
@@ -84,11 +87,11 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` float in [0, 1] -> ``(H, W, 3)`` uint8 (rounded, clipped)."""
+    """``(3, H, W)`` float in [0, 1] -> ``(H, W, 3)`` uint8 numpy array, as PIL takes it
+    (``as_uint8``'s rounding)."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
-    array = rearrange(image.detach().float().cpu().clamp(0, 1), "c h w -> h w c").numpy()
-    return (array * 255.0 + 0.5).astype(np.uint8)
+    return rearrange(as_uint8(image.float().cpu()), "c h w -> h w c").numpy()
 
 
 def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None:

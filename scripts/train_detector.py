@@ -45,7 +45,7 @@ from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from defenses.classical import JpegDefense  # noqa: E402
-from image_io import list_images, load_images_uint8, random_window, to_uint8  # noqa: E402
+from image_io import as_uint8, list_images, load_images_uint8, random_window  # noqa: E402
 from model import MetricModel  # noqa: E402
 from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
 from scripts.denoiser_run import (  # noqa: E402
@@ -126,8 +126,7 @@ def strength(clean: torch.Tensor, attacked: torch.Tensor) -> torch.Tensor:
 
 def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     """JPEG round trip (``defenses.JpegDefense``) of ``(B, 3, H, W)`` uint8 images -> uint8."""
-    decoded = JpegDefense(quality=quality).purify(images.float() / 255)
-    return (decoded * 255).round().to(torch.uint8)
+    return as_uint8(JpegDefense(quality=quality).purify(images.float() / 255))
 
 
 def make_shards(
@@ -146,14 +145,8 @@ def make_shards(
         generator = torch.Generator().manual_seed(seed * 100_003 + i)
         clean = random_crops(sources, args.shard_size, args.crop, generator)
         attacked, name = attacks.attack(clean.to(args.device).float() / 255, generator)
-        tensors = {"clean": clean, "attacked": torch.from_numpy(to_uint8_batch(attacked))}
+        tensors = {"clean": clean, "attacked": as_uint8(attacked.cpu())}
         save_tensors(tensors, folder / f"shard_{i:04d}.safetensors", metadata={"attack": name})
-
-
-def to_uint8_batch(images: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` floats in [0, 1] -> uint8 array of the same shape (8-bit rounding)."""
-    images = images.detach().cpu()
-    return np.stack([np.transpose(to_uint8(image), (2, 0, 1)) for image in images])
 
 
 def read_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

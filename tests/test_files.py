@@ -19,11 +19,13 @@ from atomic_write import staged_folder
 from defenses import make_defense
 from image_io import (
     ImageReadError,
+    as_uint8,
     load_image,
     load_images_uint8,
     random_window,
     save_image,
     temp_file_target,
+    to_uint8,
 )
 from paths import ROOT
 from purifier import DiffusionPurifier
@@ -259,6 +261,26 @@ def test_load_images_uint8_keeps_8_bit_pixels_exactly_and_skips_only_when_asked(
     assert all(np.array_equal(grey[c].numpy(), pixels[:, :, 0]) for c in range(3))
     with pytest.raises(ImageReadError, match=r"bad\.jpg"):
         load_images_uint8(paths)
+
+
+def test_8_bit_conversion_rounds_to_nearest_clips_and_keeps_every_level() -> None:
+    values = torch.tensor([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 127.49 / 255, 254.51 / 255, 1.0, 2.0])
+    assert as_uint8(values).tolist() == [0, 0, 0, 1, 127, 255, 255, 255]
+    levels = torch.arange(256, dtype=torch.float32) / 255  # what load_image reads from 8 bits
+    assert torch.equal(as_uint8(levels), torch.arange(256).to(torch.uint8))
+    batch = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    assert as_uint8(batch).shape == (2, 3, 4, 5)
+    assert torch.equal(as_uint8(batch[1]), as_uint8(batch)[1])
+    hwc = to_uint8(batch[1].double().requires_grad_())
+    assert hwc.dtype == np.uint8 and hwc.shape == (4, 5, 3)
+    assert np.array_equal(hwc, as_uint8(batch[1]).permute(1, 2, 0).numpy())
+
+
+def test_8_bit_conversion_refuses_what_is_not_a_float_image() -> None:
+    with pytest.raises(ValueError, match="float tensor"):
+        as_uint8(torch.zeros(3, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(3, H, W\) image"):
+        to_uint8(torch.zeros(1, 3, 2, 2))
 
 
 def test_load_image_reports_a_decompression_bomb(
