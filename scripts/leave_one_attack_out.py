@@ -19,7 +19,9 @@ Validation is finetune_bridge's: fixed crops of held-out ``clean/train`` images 
 the attack's defaults, purified at t*=60 with 2 DDPM steps, Gain as in ``test.py``. The
 starting weights' Gain on the same crops comes from the ``all`` run. A finished run (its
 ``out/manifest.json`` exists) is skipped, so an interrupted study resumes; several processes
-can share the study with disjoint ``--only`` lists. The report (markdown and JSON) covers the
+can share the study with disjoint ``--only`` lists. A finished run whose manifest records
+other fine-tune options (steps, weights, seed, attacks, extra options) stops the study with
+the differences listed, rather than being reused. The report (markdown and JSON) covers the
 finished runs. Target of issue 8: every held-out Gain <= 2x its in-distribution Gain.
 
 ``--score DATA_DIR=METRIC`` (repeatable) also scores the finished weights the way users run
@@ -126,6 +128,60 @@ def finetune_command(args: argparse.Namespace, name: str) -> list[str]:
         "--seed", str(args.seed), "--attacks", ",".join(train),
         "--val-attacks", ",".join(validate), *args.finetune_options,
     ]  # fmt: skip
+
+
+# finetune_bridge options that do not change the weights a run makes (or name its folders).
+RUN_ONLY_OPTIONS = frozenset(
+    {"output", "run_dir", "resume", "threads", "val_every", "checkpoint_every", "log_every"}
+)
+
+
+def run_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The options ``finetune_bridge.py`` parses from run ``name``'s command, minus
+    ``RUN_ONLY_OPTIONS``: what its manifest must record for a finished run to belong here."""
+    from scripts.finetune_bridge import parse_args as parse_finetune_args
+
+    options = vars(parse_finetune_args(finetune_command(args, name)[2:]))
+    return {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}
+
+
+def same_option(recorded: Any, wanted: Any) -> bool:
+    """Whether a manifest's JSON value is the parsed option ``wanted`` (paths compared
+    resolved, so a relative and an absolute spelling of one folder match)."""
+    if isinstance(wanted, Path):
+        return isinstance(recorded, str) and Path(recorded).resolve() == wanted.resolve()
+    if isinstance(wanted, (list, tuple)):
+        return (
+            isinstance(recorded, list)
+            and len(recorded) == len(wanted)
+            and all(same_option(r, w) for r, w in zip(recorded, wanted, strict=True))
+        )
+    return recorded == wanted
+
+
+def check_finished_runs(args: argparse.Namespace) -> None:
+    """Refuse (``SystemExit``) a study whose folder holds a finished run made with other
+    fine-tune options than this command's, instead of skipping or reporting it as if it were
+    this study's: a study's runs differ only in the attacks they leave out."""
+    for name in [ALL, *args.attacks]:
+        folder = run_folder(args.output_dir, name)
+        training = read_training(folder)
+        if training is None:
+            continue
+        recorded = training.get("options")
+        if not isinstance(recorded, dict):
+            raise SystemExit(f"{folder}: its manifest records no fine-tune options")
+        differ = {
+            key: (recorded.get(key), wanted)
+            for key, wanted in run_options(args, name).items()
+            if not same_option(recorded.get(key), wanted)
+        }
+        if differ:
+            listed = "; ".join(f"{k}: {r!r} there, {w!r} here" for k, (r, w) in differ.items())
+            raise SystemExit(
+                f"{folder} finished with other options ({listed}): give the study's own "
+                "options, or another --output-dir"
+            )
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -392,6 +448,7 @@ def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    check_finished_runs(args)
     failed = 0 if args.report_only else run_study(args)
     rows = study_table(args.output_dir, args.attacks)
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import torch
 
 from image_io import save_image
 from scripts import leave_one_attack_out as loao
+from scripts.benchmarking import json_ready
 from tests.conftest import write_tiny_release, write_tiny_standin
 
 
@@ -71,6 +72,34 @@ def test_finished_runs_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     args.only = ["fgsm"]
     loao.run_study(args)
     assert started[0][-2:] == ["--resume", "latest"]
+
+
+def test_a_finished_run_made_with_other_options_stops_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = ["--output-dir", "study", "--attacks", "fgsm,ifgsm", "--init", "w"]
+    args = loao.parse_args([*study, "--max-steps", "40", "--", "--crop", "32"])
+    _fake_run(tmp_path / "study" / "without-ifgsm", {})
+    with pytest.raises(SystemExit, match="records no fine-tune options"):
+        loao.check_finished_runs(args)
+    manifest = tmp_path / "study" / "without-ifgsm" / "out" / "manifest.json"
+    options = json_ready(loao.run_options(args, "ifgsm"))
+    options |= {"threads": 2, "val_every": 7, "init": str(tmp_path / "w")}  # same weights
+    manifest.write_text(json.dumps({"training": {"options": options}}))
+    loao.check_finished_runs(args)
+    loao.check_finished_runs(loao.parse_args([*study, "--max-steps", "40", "--threads", "2",
+                                              "--", "--crop", "32"]))  # fmt: skip
+    for argv, differ in [
+        (["--max-steps", "80", "--", "--crop", "32"], "max_steps: 40 there, 80 here"),
+        (["--max-steps", "40", "--", "--crop", "64"], "crop: 32 there, 64 here"),
+        (["--max-steps", "40", "--seed", "1", "--", "--crop", "32"], "seed: 0 there, 1 here"),
+    ]:
+        with pytest.raises(SystemExit, match=differ):
+            loao.main([*study, *argv])
+    other = loao.parse_args([*study, "--max-steps", "40", "--init", "v", "--", "--crop", "32"])
+    with pytest.raises(SystemExit, match=r"without-ifgsm finished with other options \(init"):
+        loao.check_finished_runs(other)
 
 
 def _gain_rows(gains: dict[str, float], clean_shift: float = 0.0) -> dict:
