@@ -5,11 +5,14 @@ dropped, palette and CMYK images are converted); ``load_images_uint8`` decodes a
 once into memory as uint8 (a quarter of float32); ``save_image`` writes a ``(3, H, W)`` tensor
 atomically: to a hidden temp file ``.<name>.<random>.part`` beside the target, then renamed,
 so a reader never sees a partial image; ``temp_file_target`` recognises the temp files a
-killed writer left behind.
+killed writer left behind. ``as_uint8`` is the one float-to-8-bit conversion and
+``jpeg_round_trip`` the one in-memory JPEG encode/decode (the JPEG defense and the metric's
+synthetic distortion).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +95,19 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
     return rearrange(as_uint8(image.float().cpu()), "c h w -> h w c").numpy()
+
+
+def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """Encode a ``(3, H, W)`` float image in [0, 1] as baseline JPEG at ``quality`` (PIL's
+    defaults: 4:2:0 chroma) in memory and decode it: float32 ``(3, H, W)`` in [0, 1] on the CPU."""
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be an int in [1, 100], got {quality!r}")
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as jpeg:
+        array = np.asarray(jpeg.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
 
 
 def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None:

@@ -9,14 +9,12 @@ takes a float ``(3, H, W)`` image in [0, 1] and returns one of the same shape an
 
 from __future__ import annotations
 
-import io
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from PIL import Image
+
+from image_io import jpeg_round_trip
 
 N_LEVELS = 5
 BLUR_SIGMA = (0.7, 1.1, 1.6, 2.4, 3.5)
@@ -70,14 +68,9 @@ def motion_blur(image: torch.Tensor, length: int, angle: float) -> torch.Tensor:
 
 
 def jpeg_compress(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """Round-trip a ``(3, H, W)`` image through baseline JPEG at ``quality`` (PIL, 4:2:0)."""
-    array = rearrange((image.clamp(0, 1) * 255 + 0.5).to(torch.uint8), "c h w -> h w c")
-    buffer = io.BytesIO()
-    Image.fromarray(array.numpy()).save(buffer, format="JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as img:
-        decoded = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(rearrange(decoded, "h w c -> c h w").copy()).to(image.dtype)
+    """Round-trip a ``(3, H, W)`` image through baseline JPEG at ``quality`` (PIL, 4:2:0);
+    same dtype out."""
+    return jpeg_round_trip(image, int(quality)).to(image.dtype)
 
 
 def resample(image: torch.Tensor, factor: float) -> torch.Tensor:

@@ -7,16 +7,13 @@ adaptive attacks can back-propagate through them; JPEG goes through PIL and is n
 
 from __future__ import annotations
 
-import io
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from PIL import Image
 
-from image_io import to_uint8
+from image_io import jpeg_round_trip
 from model import check_images
 
 
@@ -94,16 +91,8 @@ class JpegDefense(ClassicalDefense):
         return {"quality": self.quality}
 
     def purify(self, images: torch.Tensor) -> torch.Tensor:
-        decoded = [self._round_trip(image) for image in images]
+        decoded = [jpeg_round_trip(image, self.quality) for image in images]
         return torch.stack(decoded).to(device=images.device, dtype=images.dtype)
-
-    def _round_trip(self, image: torch.Tensor) -> torch.Tensor:
-        buffer = io.BytesIO()
-        Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=self.quality)
-        buffer.seek(0)
-        with Image.open(buffer) as jpeg:
-            array = np.asarray(jpeg.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(rearrange(array, "h w c -> c h w").copy())
 
 
 def _check_min_size(images: torch.Tensor, name: str) -> None:

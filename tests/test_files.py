@@ -20,6 +20,7 @@ from defenses import make_defense
 from image_io import (
     ImageReadError,
     as_uint8,
+    jpeg_round_trip,
     load_image,
     load_images_uint8,
     random_window,
@@ -281,6 +282,24 @@ def test_8_bit_conversion_refuses_what_is_not_a_float_image() -> None:
         as_uint8(torch.zeros(3, 2, 2, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\(3, H, W\) image"):
         to_uint8(torch.zeros(1, 3, 2, 2))
+
+
+def test_one_jpeg_round_trip_serves_the_jpeg_defense_and_the_metric_distortion() -> None:
+    from defenses.classical import JpegDefense
+    from synthetic_distortions import jpeg_compress
+
+    y, x = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 32), indexing="ij")
+    image = torch.stack([x, y, (x + y) / 2])  # smooth: JPEG at q95 keeps it closely
+    fine, coarse = jpeg_round_trip(image, 95), jpeg_round_trip(image, 50)
+    assert fine.shape == image.shape and fine.dtype == torch.float32
+    assert fine.min() >= 0 and fine.max() <= 1 and (fine - image).abs().mean() < 2 / 255
+    assert not torch.equal(fine, coarse)
+    assert torch.equal(JpegDefense(quality=50).purify(image[None])[0], coarse)
+    distorted = jpeg_compress(image.double(), 50)
+    assert distorted.dtype == torch.float64 and torch.equal(distorted.float(), coarse)
+    for quality in (0, 101, 50.0, True):
+        with pytest.raises(ValueError, match="JPEG quality must be an int in"):
+            jpeg_round_trip(image, quality)
 
 
 def test_load_image_reports_a_decompression_bomb(
