@@ -53,7 +53,8 @@ class Defense:
             t_star_max, strength_ramp, precision: knobs of ``PurifierConfig``; ValueError for
             bad values. ``precision`` ``"auto"`` (the default) runs the denoiser in bfloat16
             autocast where the hardware has native bfloat16, else float32; ``"float32"``
-            gives the same pixels on every machine.
+            does the same arithmetic on every machine (pixels differ only by the float
+            rounding of each machine's convolution kernels).
         seed: None (default) seeds the noise generator from OS entropy, so every call draws
             fresh noise; an int makes the sequence of calls reproducible: the same calls
             with the same batches give the same pixels. One image's noise depends on the
