@@ -90,14 +90,19 @@ def _check_values(images: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf ({nans} NaN, {infs} Inf values)")
     lo, hi = (float(v) for v in torch.aminmax(images))
     if lo < -RANGE_SLACK or hi > 1 + RANGE_SLACK:
-        raise ValueError(
-            f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{_range_hint(lo, hi)}"
+        raise ValueError(  # 8 digits, so an overshoot such as 1.000002 shows
+            f"{name} must lie in [0, 1], got values in [{lo:.8g}, {hi:.8g}]{_range_hint(lo, hi)}"
         )
+
+
+SMALL_OVERSHOOT = 0.01
 
 
 def _range_hint(lo: float, hi: float) -> str:
     if lo >= -RANGE_SLACK and 2 < hi <= 255 + RANGE_SLACK:
         return " (0..255 pixel values? divide by 255)"
+    if lo >= -SMALL_OVERSHOOT and hi <= 1 + SMALL_OVERSHOOT:
+        return " (a small overshoot, e.g. from resampling? clip with images.clamp(0, 1))"
     if -1 - RANGE_SLACK <= lo < 0 and hi <= 1 + RANGE_SLACK:
         return " ([-1, 1] values? map them with (images + 1) / 2)"
     return ""

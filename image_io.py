@@ -83,6 +83,8 @@ def load_images_uint8(
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    if img.mode == "F":  # PIL would clip it on a 0..255 scale: [0, 1] data would read black
+        raise ValueError("32-bit float pixels (PIL mode F) have no standard range; save 8/16-bit")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         grey = np.asarray(img, dtype=np.float32) / 65535.0
         return np.repeat(grey[..., None], 3, axis=2).clip(0, 1)
@@ -160,15 +162,28 @@ def random_window(image: torch.Tensor, size: int, generator: torch.Generator) ->
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Sorted image files (by extension, case-insensitive) in ``folder``."""
+    """Sorted image files (by extension, case-insensitive) in ``folder``; hidden files and
+    anything under a hidden folder (``.ipynb_checkpoints``, ``.thumbs``) are left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"not a folder: {folder}")
-    return sorted(_walk(folder, recursive))
+    return sorted(p for p in list_files(folder, recursive) if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+def list_files(folder: Path, recursive: bool = False) -> Iterator[Path]:
+    """Files in ``folder`` (and its sub-folders when ``recursive``) that are not hidden and do
+    not lie under a hidden folder, in no particular order."""
     pattern = "**/*" if recursive else "*"
     for p in folder.glob(pattern):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+        if p.is_file() and not is_hidden(p, folder):
             yield p
+
+
+def list_folders(folder: str | Path) -> list[Path]:
+    """Sorted sub-folders of ``folder`` (one level), hidden ones left out."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` or a folder between ``root`` and it has a name starting with a dot."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)

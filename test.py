@@ -52,7 +52,7 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm import tqdm
 
 from defenses.registry import DEFAULT_DEFENSE, DEFENSES, PurifyingDefense, make_defense
-from image_io import DECODE_ERRORS, ImageReadError, list_images, load_image
+from image_io import DECODE_ERRORS, ImageReadError, list_folders, list_images, load_image
 from model import CHECKPOINT_NAME, MetricModel, check_images
 
 logger = logging.getLogger("test")
@@ -123,7 +123,7 @@ def collect_pairs(data_dir: str | Path) -> list[ImagePair]:
             f"{loose[0]} sits directly in {attacked_dir}: put attacked images in "
             "attacked/<attack_name>/"
         )
-    attack_dirs = sorted(p for p in attacked_dir.iterdir() if p.is_dir())
+    attack_dirs = list_folders(attacked_dir)
     if not attack_dirs:
         raise ValueError(f"{attacked_dir} holds no attack folder (attacked/<attack_name>/)")
     pairs = []
@@ -454,6 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or args.num_workers < 0:
         raise SystemExit("test.py: error: --batch_size must be >= 1 and --num_workers >= 0")
     device = torch.device(args.device)
+    try:  # before the evaluation, so an unusable folder does not waste a long run
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(
+            f"test.py: error: cannot use --output_dir {args.output_dir}: {err}"
+        ) from err
     try:
         pairs = collect_pairs(args.data_dir)
         attacks = len({p.attack for p in pairs})
@@ -473,8 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise SystemExit(f"test.py: error: {err}") from err
     rows = aggregate(records)
-    path = write_scores(rows, args.output_dir, args.score_detail_level)
     print(format_table(rows))
+    path = write_scores(rows, args.output_dir, args.score_detail_level)
     print(f"wrote {path}")
     return 0
 

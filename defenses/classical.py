@@ -67,6 +67,8 @@ class ResizeDefense(ClassicalDefense):
     def purify(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
         small = (max(1, math.floor(height * self.scale)), max(1, math.floor(width * self.scale)))
+        if images.dtype not in (torch.float32, torch.float64):
+            images = images.float()  # antialiased interpolation has no half kernels on the CPU
         down = F.interpolate(
             images, size=small, mode="bilinear", align_corners=False, antialias=True
         )

@@ -1,8 +1,9 @@
 """Plan the purification of a folder: which file goes where, what is skipped, what is batched.
 
 Rules: the input folder is walked recursively for ``image_io.IMAGE_EXTENSIONS`` files (hidden
-files, such as the ``.part`` temp files of an interrupted write, are ignored); each output keeps
-its relative path and name, with suffix ``.png`` unless the format is kept. The output folder
+files, such as the ``.part`` temp files of an interrupted write, and everything in hidden
+folders, such as ``.ipynb_checkpoints``, are ignored); each output keeps its relative path and
+name, with suffix ``.png`` unless the format is kept. The output folder
 may not be the input folder or lie inside it, no output may land on an input file or (through
 a symlink) inside the input folder, two inputs may not map to one output (the first in sorted
 order wins), and existing outputs are skipped unless overwriting (so an interrupted run
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from image_io import DECODE_ERRORS, IMAGE_EXTENSIONS, list_images
+from image_io import DECODE_ERRORS, IMAGE_EXTENSIONS, list_files, list_images
 
 DEFAULT_SUFFIX = ".png"
 
@@ -143,8 +144,5 @@ def batches_by_size(
 
 
 def _non_images(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_EXTENSIONS
-    )
+    files = list_files(folder, recursive=True)
+    return sorted(p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)

@@ -63,7 +63,14 @@ from diffusion import (  # noqa: E402
 )
 from diffusion import purify as run_purification  # noqa: E402
 from diffusion.bridge_loss import bridge_loss  # noqa: E402
-from image_io import as_uint8, list_images, load_image, load_images_uint8, random_window  # noqa: E402
+from image_io import (  # noqa: E402
+    as_uint8,
+    list_folders,
+    list_images,
+    load_image,
+    load_images_uint8,
+    random_window,
+)
 from iqa_losses import score_consistency_loss  # noqa: E402
 from model import MetricModel  # noqa: E402
 from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
@@ -207,7 +214,7 @@ class FixedPairs:
     def __init__(self, root: Path, names: list[str]) -> None:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
         self.references: dict[str, torch.Tensor] = {}
-        for attack_dir in sorted(p for p in (root / "attacked").iterdir() if p.is_dir()):
+        for attack_dir in list_folders(root / "attacked"):
             stems = {f.stem: f for f in sorted(attack_dir.iterdir())}
             for name in names:
                 attacked_file = stems.get(Path(name).stem)

@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attacks.registry import ATTACKS  # noqa: E402
+from image_io import list_folders  # noqa: E402
 from paths import ROOT  # noqa: E402
 
 logger = logging.getLogger("leave_one_attack_out")
@@ -307,7 +308,7 @@ def dataset_attacks(data_dir: Path) -> list[str]:
     folder = data_dir / "attacked"
     if not folder.is_dir():
         raise SystemExit(f"--score: no attacked/ folder in {data_dir}")
-    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return [p.name for p in list_folders(folder)]
 
 
 def score_plan(args: argparse.Namespace, data_dir: Path) -> tuple[list[str], list[str]]:

@@ -258,8 +258,9 @@ def run(
 
 def image_seed(seed: int, key: str) -> int:
     """Seed of one image's noise from the run ``seed`` and its relative path ``key``; stable
-    across runs, batch sizes and platforms."""
-    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    across runs, batch sizes and platforms. A name that is not valid UTF-8 (its undecodable
+    bytes arrive as surrogates) is hashed as its original bytes."""
+    digest = hashlib.sha256(f"{seed}/{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

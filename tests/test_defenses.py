@@ -56,7 +56,7 @@ def test_register_defense_adds_and_refuses_duplicates() -> None:
 
 
 @pytest.mark.parametrize("name", CLASSICAL)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_shape_dtype_device_range_kept(name: str, dtype: torch.dtype) -> None:
     images = random_images().to(dtype)
     out = make_defense(name, "cpu").apply_defense(images)

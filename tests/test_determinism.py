@@ -3,6 +3,8 @@ library call reads or advances a global RNG (torch, numpy, Python's ``random``).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,6 +169,9 @@ def test_image_seed_is_pinned() -> None:
     assert image_seed(0, "a.png") == image_seed(0, "a.png") != image_seed(0, "b.png")
     assert image_seed(0, "a.png") != image_seed(1, "a.png")
     assert image_seed(0, "sub/c.png") == 7274948308881731101
+    raw = b"sub/bad\xffname.png"  # not UTF-8: os.fsdecode gives a surrogate for the byte
+    expected = int.from_bytes(hashlib.sha256(b"0/" + raw).digest()[:8], "little") & (2**63 - 1)
+    assert image_seed(0, os.fsdecode(raw)) == expected
     assert 0 <= image_seed(2**40, "x" * 300) < 2**63
 
 

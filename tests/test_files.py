@@ -21,6 +21,8 @@ from image_io import (
     ImageReadError,
     as_uint8,
     jpeg_round_trip,
+    list_folders,
+    list_images,
     load_image,
     load_images_uint8,
     random_window,
@@ -125,6 +127,24 @@ def test_purify_write_failure_leaves_no_partial_output_and_resumes(
     assert purify(source, out, tiny_weights) == 0
     assert f"processed {3 - done}, skipped {done} (output exists)" in capsys.readouterr().out
     assert sorted(files(out)) == ["a.png", "b.png", "c.png"]
+
+
+def test_hidden_folders_are_skipped_like_hidden_files(
+    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = three_images(tmp_path / "in")
+    save_image(random_image(12, 10, 5), source / ".thumbs" / "t.png")
+    save_image(random_image(12, 10, 6), source / "sub" / ".cache" / "u.png")
+    (source / ".ipynb_checkpoints").mkdir()
+    (source / ".ipynb_checkpoints" / "notes.txt").write_text("not an image, and hidden")
+    save_image(random_image(12, 10, 7), source / "sub" / "d.png")
+    expected = ["a.png", "b.png", "c.png", "sub/d.png"]
+    listed = list_images(source, recursive=True)
+    assert [p.relative_to(source).as_posix() for p in listed] == expected
+    assert list_folders(source) == [source / "sub"]
+    assert purify(source, tmp_path / "out", tiny_weights) == 0
+    assert "processed 4, skipped 0 (output exists), failed 0, ignored 0" in capsys.readouterr().out
+    assert sorted(files(tmp_path / "out")) == expected
 
 
 # --- resuming --------------------------------------------------------------------------------

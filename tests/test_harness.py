@@ -257,6 +257,27 @@ def test_wrong_layout_is_a_clear_error(harness, tmp_path: Path, breakage, messag
         harness.collect_pairs(data_dir)
 
 
+def test_hidden_folders_under_attacked_are_not_attacks(harness, tmp_path: Path) -> None:
+    data_dir = make_dataset(tmp_path / "data")
+    (data_dir / "attacked" / ".ipynb_checkpoints").mkdir()  # empty: an attack would fail
+    write_png(np.zeros((4, 4, 3), np.uint8), data_dir / "attacked" / ".thumbs" / "img0.png")
+    pairs = harness.collect_pairs(data_dir)
+    assert sorted({pair.attack for pair in pairs}) == list(ATTACKS) and len(pairs) == 6
+
+
+def test_unusable_output_dir_fails_before_the_evaluation(
+    harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = make_dataset(tmp_path / "data")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(harness, "collect_pairs", lambda _: pytest.fail("evaluation started"))
+    for output_dir in (blocker, blocker / "sub"):
+        argv = ["--data_dir", str(data_dir), "--output_dir", str(output_dir)]
+        with pytest.raises(SystemExit, match=r"test.py: error: cannot use --output_dir .*a-file"):
+            harness.main(argv)
+
+
 def test_no_attack_folder_is_an_error(harness, tmp_path: Path) -> None:
     (tmp_path / "attacked").mkdir()
     (tmp_path / "reference").mkdir()

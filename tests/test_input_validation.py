@@ -22,7 +22,7 @@ from defense import Defense
 from defenses import make_defense
 from devices import resolve_device
 from image_checks import RANGE_SLACK, check_images
-from image_io import load_image, save_image
+from image_io import ImageReadError, load_image, save_image
 from model import MetricModel
 from paths import ROOT
 from purifier import PurifierConfig
@@ -79,6 +79,14 @@ BAD_INPUTS = {
     "0..255": (torch.full((1, 3, 8, 8), 255.0), r"\[0, 1\].*divide by 255"),
     "-1..1": (torch.linspace(-1, 1, 192).reshape(1, 3, 8, 8), r"\[0, 1\].*\(images \+ 1\) / 2"),
     "far below 0": (torch.full((1, 3, 8, 8), -3.0), r"values in \[-3, -3\]$"),
+    "overshoot": (
+        torch.tensor([0.05, 1.000002], dtype=torch.float64).repeat(96).reshape(1, 3, 8, 8),
+        r"values in \[0\.05, 1\.000002\] \(a small overshoot.*images\.clamp\(0, 1\)\)$",
+    ),
+    "undershoot": (
+        torch.tensor([-2e-6, 0.95], dtype=torch.float64).repeat(96).reshape(1, 3, 8, 8),
+        r"values in \[-2e-06, 0\.95\] \(a small overshoot",
+    ),
 }
 
 
@@ -290,6 +298,12 @@ def test_load_image_converts_grey_alpha_palette_and_16_bit(tmp_path: Path) -> No
     palette = Image.fromarray(rgba[..., :3]).convert("P")
     palette.save(tmp_path / "p.png")
     assert load_image(tmp_path / "p.png").shape == (3, 2, 2)
+
+
+def test_load_image_refuses_float_pixels_it_cannot_scale(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.tif", np.full((4, 5), 0.5, np.float32))  # PIL mode F
+    with pytest.raises(ImageReadError, match=r"f\.tif.*mode F\) have no standard range"):
+        load_image(path)
 
 
 def test_purify_cli_takes_grey_rgba_and_tiny_images(tiny_weights: Path, tmp_path: Path) -> None:
