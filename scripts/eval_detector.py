@@ -5,7 +5,8 @@ For datasets in the competition layout (``DIR/reference/<img>``, ``DIR/attacked/
 each attack and the references are one group; ``--clean DIR`` adds a folder of natural photos
 (for example CLIVE's test split, to count false alarms on photos the detector never saw).
 Prints a Markdown table (median and 90th percentile of the estimate, share flagged at each
-gate) and writes it with the raw estimates to ``--output`` as JSON.
+gate, and for attacked images the median true strength: the RMS of attacked minus reference,
+in 1/255 as the estimate) and writes it with the raw values to ``--output`` as JSON.
 
     python scripts/eval_detector.py --datasets runs/public-set runs/transfer-set \\
         --clean /work/shared/data/clive/images --gates 0.5 1 1.5
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from image_io import ImageReadError, list_images, load_image  # noqa: E402
+from image_io import ImageReadError, list_folders, list_images, load_image  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import PerturbationDetector, load_detector, newest_detector  # noqa: E402
 
@@ -50,26 +51,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def groups_of(args: argparse.Namespace) -> dict[str, list[Path]]:
     """Group name -> image paths (``<dataset>/reference``, ``<dataset>/<attack>``, folders)."""
-    groups: dict[str, list[Path]] = {}
+    return {name: paths for name, (paths, _) in groups_with_references(args).items()}
+
+
+def groups_with_references(args: argparse.Namespace) -> dict[str, tuple[list[Path], Path | None]]:
+    """Group name -> (image paths, the dataset's ``reference`` folder for attacked groups,
+    else None)."""
+    groups: dict[str, tuple[list[Path], Path | None]] = {}
     for dataset in args.datasets:
         if not dataset.is_dir():
             raise SystemExit(f"{dataset} does not exist (build it with scripts/make_dataset.py)")
         if not (dataset / "reference").is_dir():
             raise SystemExit(f"{dataset} has no reference/ folder (competition layout)")
-        groups[f"{dataset.name}: reference"] = list_images(dataset / "reference")
-        for attack in sorted(p for p in (dataset / "attacked").iterdir() if p.is_dir()):
-            groups[f"{dataset.name}: {attack.name}"] = list_images(attack)
+        references = dataset / "reference"
+        groups[f"{dataset.name}: reference"] = (list_images(references), None)
+        for attack in list_folders(dataset / "attacked"):
+            groups[f"{dataset.name}: {attack.name}"] = (list_images(attack), references)
     for folder in args.clean:
-        groups[f"{folder.name} (natural)"] = list_images(folder, recursive=True)
+        groups[f"{folder.name} (natural)"] = (list_images(folder, recursive=True), None)
     if args.limit:
-        groups = {name: paths[: args.limit] for name, paths in groups.items()}
+        groups = {name: (paths[: args.limit], ref) for name, (paths, ref) in groups.items()}
     return groups
 
 
+def true_strength(image: torch.Tensor, reference_path: Path) -> float | None:
+    """RMS of ``image - reference`` in 1/255 units (``image`` ``(3, H, W)`` in [0, 1]); None
+    when the reference is missing, unreadable or of another size."""
+    try:
+        reference = load_image(reference_path)
+    except (ImageReadError, FileNotFoundError):
+        return None
+    if reference.shape != image.shape:
+        return None
+    return float((image - reference).square().mean().sqrt()) * 255
+
+
 @torch.no_grad()
-def estimate_paths(detector: PerturbationDetector, paths: list[Path], desc: str) -> list[float]:
-    """One strength estimate (1/255) per readable image; unreadable ones are skipped."""
-    values = []
+def estimate_paths(
+    detector: PerturbationDetector, paths: list[Path], desc: str, references: Path | None = None
+) -> tuple[list[float], list[float]]:
+    """One strength estimate (1/255) per readable image, unreadable ones skipped; and, with a
+    ``references`` folder, the true strength of each image that has a same-named reference."""
+    values, truths = [], []
     for path in tqdm(paths, desc=desc, leave=False):
         try:
             image = load_image(path)
@@ -77,7 +100,10 @@ def estimate_paths(detector: PerturbationDetector, paths: list[Path], desc: str)
             print(f"skipped {err}", file=sys.stderr)
             continue
         values.append(float(detector.estimate(image[None])[0]))
-    return values
+        truth = None if references is None else true_strength(image, references / path.name)
+        if truth is not None:
+            truths.append(truth)
+    return values, truths
 
 
 def summarize(values: torch.Tensor, gates: Sequence[float]) -> dict[str, Any]:
@@ -91,16 +117,27 @@ def summarize(values: torch.Tensor, gates: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def table(estimates: dict[str, list[float]], gates: list[float]) -> str:
-    """Markdown table: group, images, median, p90, share flagged at each gate."""
-    head = "| group | images | median | p90 | " + " | ".join(f"≥ {g:g}" for g in gates) + " |"
-    lines = [head, "|" + "---|" * (4 + len(gates))]
+def table(
+    estimates: dict[str, list[float]],
+    gates: list[float],
+    truths: dict[str, list[float]] | None = None,
+) -> str:
+    """Markdown table: group, images, median, p90, share flagged at each gate, and the median
+    of the group's true strengths (``truths``; "–" where a group has none)."""
+    truths = truths or {}
+    gate_heads = " | ".join(f"≥ {g:g}" for g in gates)
+    head = f"| group | images | median | p90 | {gate_heads} | true strength (median) |"
+    lines = [head, "|" + "---|" * (5 + len(gates))]
     for name, values in estimates.items():
         if not values:
             continue
         row = summarize(torch.tensor(values), gates)
         shares = " | ".join(f"{share:.2f}" for share in row["flagged"].values())
-        lines.append(f"| {name} | {row['n']} | {row['median']:.2f} | {row['p90']:.2f} | {shares} |")
+        known = truths.get(name)
+        truth = f"{float(torch.tensor(known).median()):.2f}" if known else "–"
+        lines.append(
+            f"| {name} | {row['n']} | {row['median']:.2f} | {row['p90']:.2f} | {shares} | {truth} |"
+        )
     return "\n".join(lines)
 
 
@@ -110,15 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.detector or newest_detector(WEIGHTS_DIR)
     detector = load_detector(folder)
     started = time.perf_counter()
-    estimates = {
-        name: estimate_paths(detector, paths, name) for name, paths in groups_of(args).items()
-    }
-    text = table(estimates, args.gates)
+    estimates, truths = {}, {}
+    for name, (paths, references) in groups_with_references(args).items():
+        estimates[name], truths[name] = estimate_paths(detector, paths, name, references)
+    text = table(estimates, args.gates, truths)
     print(f"detector {folder}; {time.perf_counter() - started:.0f} s\n\n{text}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         record = {"detector": str(folder), "gates": args.gates, "table": text}
-        args.output.write_text(json.dumps({**record, "estimates": estimates}, indent=1) + "\n")
+        raw = {"estimates": estimates, "true_strengths": {k: v for k, v in truths.items() if v}}
+        args.output.write_text(json.dumps({**record, **raw}, indent=1) + "\n")
     return 0
 
 

@@ -11,7 +11,11 @@ Two phases, both resumable:
    crops and 0 for natural ones: the clean crops, crops of CLIVE's train split (authentic
    camera distortions) and JPEG-compressed copies of both (quality 30-95, so codec output is
    not taken for an attack). Loss: squared error of ``log1p`` of the strengths. Checkpoints
-   every ``--checkpoint-every`` steps (``--resume latest``).
+   every ``--checkpoint-every`` steps (``--resume latest``). With ``--weaken-prob`` a share
+   of the attacked crops has its perturbation scaled down (log-uniform factor in
+   [``--weaken-floor``, 1]) and, a share ``--weaken-mask`` of those, masked to textured areas
+   by the Sobel activity map (as perceptually masked attacks such as Korhonen's are), then
+   rounded to 8 bits again: the suite's random draws are mostly far stronger than such attacks.
 
 At the end the held-out report (clean estimates by source, attacked estimates by attack, the
 detection and false-alarm rates at several gates) is logged and written into the manifest.
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from einops import rearrange
 from safetensors import safe_open
 from tqdm import tqdm
 
@@ -41,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
+from attacks.korhonen import spatial_activity_map  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
@@ -83,6 +89,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=24, help="clean/train images for validation")
     p.add_argument("--clive-images", type=int, default=400, help="CLIVE train images as negatives")
     p.add_argument("--jpeg-prob", type=float, default=0.3)
+    p.add_argument(
+        "--weaken-prob", type=float, default=0.0, help="share of attacked crops made weaker"
+    )
+    p.add_argument(
+        "--weaken-floor", type=float, default=1 / 16, help="smallest perturbation scale, (0, 1]"
+    )
+    p.add_argument(
+        "--weaken-mask", type=float, default=0.5, help="share of weakened crops also masked"
+    )
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32, help="half attacked, half natural")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -103,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0 <= args.jpeg_prob <= 1:
         p.error(f"--jpeg-prob must be in [0, 1], got {args.jpeg_prob}")
+    if not 0 <= args.weaken_prob <= 1:
+        p.error(f"--weaken-prob must be in [0, 1], got {args.weaken_prob}")
+    if not 0 <= args.weaken_mask <= 1:
+        p.error(f"--weaken-mask must be in [0, 1], got {args.weaken_mask}")
+    if not 0 < args.weaken_floor <= 1:
+        p.error(f"--weaken-floor must be in (0, 1], got {args.weaken_floor}")
     return args
 
 
@@ -183,6 +204,37 @@ def natural_batch(
     if float(torch.rand((), generator=generator)) < args.jpeg_prob:
         batch = jpeg(batch, int(torch.randint(30, 96, (), generator=generator)))
     return batch
+
+
+def weaken(
+    clean: torch.Tensor,
+    attacked: torch.Tensor,
+    probability: float,
+    floor: float,
+    generator: torch.Generator,
+    mask_share: float = 0.5,
+) -> torch.Tensor:
+    """Weaker attacked crops: ``(B, 3, S, S)`` uint8 pairs -> ``(B, 3, S, S)`` uint8.
+
+    Each crop is chosen with ``probability``; a chosen crop's perturbation is multiplied by a
+    log-uniform factor in ``[floor, 1]`` and, with probability ``mask_share``, by the clean crop's
+    spatial activity map (``attacks.korhonen.spatial_activity_map``, in [0, 1]), then the
+    result is rounded to 8 bits. Crops not chosen are returned unchanged; ``probability`` 0
+    draws nothing from ``generator``.
+    """
+    if probability <= 0:
+        return attacked
+    count = len(clean)
+    chosen = torch.rand(count, generator=generator) < probability
+    scale = floor ** torch.rand(count, generator=generator)
+    masked = chosen & (torch.rand(count, generator=generator) < mask_share)
+    base = clean.float()
+    factor = torch.where(chosen, scale, torch.ones(count))
+    factor = rearrange(factor, "b -> b 1 1 1")
+    if masked.any():
+        activity = spatial_activity_map(base / 255)
+        factor = factor * torch.where(rearrange(masked, "b -> b 1 1 1"), activity, 1.0)
+    return as_uint8((base + factor * (attacked.float() - base)) / 255)
 
 
 def log_strength_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -305,7 +357,9 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         gen = progress.generator
         picks = torch.randint(len(attacked), (half,), generator=gen)
         pairs = augment(torch.cat([clean[picks], attacked[picks]], 1), args.train_crop, gen)
-        positives = pairs[:, 3:]
+        positives = weaken(
+            pairs[:, :3], pairs[:, 3:], args.weaken_prob, args.weaken_floor, gen, args.weaken_mask
+        )
         natural = natural_batch([clean, clive_crops], half, args, gen)
         negatives = augment(natural, args.train_crop, gen)
         images = torch.cat([positives, negatives]).to(accelerator.device).float() / 255

@@ -61,6 +61,28 @@ def test_augment_moves_stacked_pairs_alike() -> None:
     assert torch.equal(out[:, :3], out[:, 3:])
 
 
+def test_weaken_scales_or_masks_the_chosen_perturbations_only() -> None:
+    clean = torch.full((64, 3, 16, 16), 100, dtype=torch.uint8)
+    clean[:, :, :, 8:] = 200  # one vertical edge: activity 1 beside it, 0 far from it
+    attacked = clean + 16
+    stream = gen(0)
+    before = stream.get_state()
+    assert train_detector.weaken(clean, attacked, 0.0, 0.25, stream) is attacked
+    assert torch.equal(stream.get_state(), before)  # off: the training stream is unchanged
+    out = train_detector.weaken(clean, attacked, 0.5, 0.25, gen(0))
+    assert out.dtype == torch.uint8 and out.shape == clean.shape
+    delta = out.int() - clean.int()
+    untouched = (delta == 16).flatten(1).all(1)
+    uniform = (delta == delta[:, :1, :1, :1]).flatten(1).all(1) & ~untouched
+    masked = ~untouched & ~uniform
+    assert 16 < int(untouched.sum()) < 48 and int(uniform.sum()) > 0 and int(masked.sum()) > 0
+    assert int(delta[uniform, 0, 0, 0].min()) >= 4  # scale >= floor: 16 x 0.25
+    assert int(delta.max()) <= 16 and int(delta.min()) >= 0
+    # masked crops keep the perturbation at the edge and drop it in flat areas (column 0)
+    assert bool((delta[masked][..., 0] == 0).all()) and bool((delta[masked][..., 8] > 0).all())
+    assert torch.equal(out, train_detector.weaken(clean, attacked, 0.5, 0.25, gen(0)))
+
+
 def test_jpeg_round_trip_keeps_shape_and_changes_values() -> None:
     images = uint8_images(2, 16)
     out = train_detector.jpeg(images, 50)
@@ -85,6 +107,9 @@ def test_natural_batch_draws_from_every_pool() -> None:
         ["--train-crop", "200"],
         ["--shards", "0"],
         ["--jpeg-prob", "1.5"],
+        ["--weaken-prob", "-0.1"],
+        ["--weaken-floor", "0"],
+        ["--weaken-floor", "1.5"],
     ],
 )
 def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:
@@ -98,28 +123,38 @@ def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture
 
 
 def test_table_counts_the_share_at_or_over_each_gate() -> None:
-    text = eval_detector.table({"a": [0.0, 1.0, 2.0, 3.0], "empty": []}, [1.0, 2.5])
+    estimates = {"a": [0.0, 1.0, 2.0, 3.0], "empty": [], "b": [5.0]}
+    text = eval_detector.table(estimates, [1.0, 2.5], {"b": [4.0, 6.0, 8.0]})
     rows = text.splitlines()
-    assert rows[0] == "| group | images | median | p90 | ≥ 1 | ≥ 2.5 |"
-    assert rows[2] == "| a | 4 | 1.00 | 2.70 | 0.75 | 0.25 |"  # torch.median: lower middle
-    assert len(rows) == 3  # empty groups are left out
+    assert rows[0] == "| group | images | median | p90 | ≥ 1 | ≥ 2.5 | true strength (median) |"
+    assert rows[2] == "| a | 4 | 1.00 | 2.70 | 0.75 | 0.25 | – |"  # torch.median: lower middle
+    assert rows[3] == "| b | 1 | 5.00 | 5.00 | 1.00 | 1.00 | 6.00 |"
+    assert len(rows) == 4  # empty groups are left out
 
 
 def test_eval_detector_cli_on_a_tiny_dataset(tmp_path: Path) -> None:
     torch.manual_seed(0)
     folder = save_detector(PerturbationDetector((4, 4, 4, 4)), tmp_path / "detector-v1", "1")
     data = tmp_path / "set"
-    for name in ("a.png", "b.png"):
-        save_image(torch.rand(3, 12, 12), data / "reference" / name)
-        save_image(torch.rand(3, 12, 12), data / "attacked" / "fgsm" / name)
+    for name, offset in (("a.png", 2), ("b.png", 4)):
+        reference = torch.full((3, 12, 12), 100 / 255)
+        save_image(reference, data / "reference" / name)
+        save_image(reference + offset / 255, data / "attacked" / "fgsm" / name)
+    save_image(torch.rand(3, 12, 12), data / "attacked" / "fgsm" / "no-reference.png")
     (data / "attacked" / "fgsm" / "c.png").write_bytes(b"broken")
     out = tmp_path / "report.json"
     argv = ["--detector", str(folder), "--datasets", str(data), "--gates", "0", "100"]
     assert eval_detector.main([*argv, "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert sorted(report["estimates"]) == ["set: fgsm", "set: reference"]
-    assert [len(v) for v in report["estimates"].values()] == [2, 2]  # the broken file skipped
-    assert "| set: fgsm | 2 |" in report["table"] and "| 1.00 | 0.00 |" in report["table"]
+    assert [len(v) for v in report["estimates"].values()] == [2, 3]  # the broken file skipped
+    assert "| set: fgsm | 3 |" in report["table"] and "| 1.00 | 0.00 |" in report["table"]
+    # true strengths of the attacked images that have a reference: 2 and 4 (1/255 units)
+    assert report["true_strengths"] == {"set: fgsm": [pytest.approx(2.0), pytest.approx(4.0)]}
+    rows = {row.split(" |")[0]: row for row in report["table"].splitlines()}
+    assert rows["| set: reference"].endswith("| – |") and rows["| set: fgsm"].endswith(
+        "| 2.00 |"
+    )  # lower middle
 
 
 def test_eval_detector_names_a_dataset_that_does_not_exist(tmp_path: Path) -> None:
