@@ -246,10 +246,12 @@ class MetricModel(nn.Module):
             self.model, self.k, self.b = load_standin(self.device)
             self.name = "standin"
         elif path.is_dir():
-            from standin_metric import load_standin
+            from standin_metric import STANDIN_DIR, load_standin
 
             self.model, self.k, self.b = load_standin(self.device, path)
-            self.name = path.name
+            # the shipped stand-in has one name however it is reached (a dataset made with the
+            # default metric resumes with the folder named explicitly, and vice versa)
+            self.name = "standin" if path.resolve() == STANDIN_DIR.resolve() else path.name
         else:
             self.model, self.k, self.b = load_iqa_model(path, self.device)
             self.name = path.name

@@ -50,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
+from cli_options import device_name, positive_int  # noqa: E402
 from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
 from paths import ROOT  # noqa: E402
@@ -425,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--adaptive",
         default="full,bpda,evade",
-        help="adaptive settings to run: any of full, bpda, evade (evade needs a detector)",
+        help="adaptive settings to run: any of full, bpda, evade (evade needs a detector and is "
+        "skipped, with a warning, for a defense without one)",
     )
     parser.add_argument(
         "--evade-weight",
@@ -439,8 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="p1q2.pth or a stand-in metric folder (default: MetricModel's default)",
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--device", type=device_name, default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
     parser.add_argument("--output", type=Path, default=None, help="markdown report")
     parser.add_argument("--json", type=Path, default=None, help="default: OUTPUT with .json")
     parser.add_argument("--no-progress", action="store_true")
@@ -450,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("limit", "iterations", "eot", "threads"):
+    for name in ("limit", "iterations", "eot"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
@@ -497,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             weights=args.weights,
             seed=args.seed,
         )
+        if EVADE in args.adaptive_settings and defense.purifier.detector is None:
+            why = "attacks the perturbation detector; this defense uses none (gate and ramp off)"
+            if args.adaptive_settings == (EVADE,):
+                raise ValueError(f"--adaptive evade {why}")
+            logger.warning("skipping evade: it %s", why)
         logger.info("%d images, metric %s, %r", len(images), metric.name, defense)
         with logging_redirect_tqdm():
             records = run_evaluation(

@@ -52,6 +52,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import purifier.config  # noqa: E402
+from cli_options import device_name, non_negative_int, positive_int  # noqa: E402
 from model import IQAModel, MetricModel  # noqa: E402
 from paths import ROOT  # noqa: E402
 from scripts.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
@@ -138,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: {', '.join(f'{k}={v}' for k, v in DEFAULT_SUBSETS.items())}",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion defenses")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
+    parser.add_argument("--device", type=device_name, default="cpu")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding threads")
     parser.add_argument(
@@ -170,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comparison grid PNG, linked from the markdown (default OUTPUT_DIR/{GRID_NAME})",
     )
     parser.add_argument("--no-grid", action="store_true", help="skip the comparison grid")
-    parser.add_argument("--grid-rows", type=int, default=3)
-    parser.add_argument("--grid-crop", type=int, default=160, help="tile size in px (0: whole)")
+    parser.add_argument("--grid-rows", type=non_negative_int, default=3)
+    parser.add_argument(
+        "--grid-crop", type=non_negative_int, default=160, help="tile size in px (0: whole)"
+    )
     parser.add_argument("--linearity-repeats", type=int, default=3)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(

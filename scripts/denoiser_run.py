@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -127,11 +128,16 @@ def run_script(
     argv: Sequence[str] | None,
 ) -> int:
     """A training script's ``main``: parse, record the command, train with stop signals
-    collected; the exit code."""
+    collected; the exit code. A ``ValueError`` or ``FileNotFoundError`` (bad data, a crop
+    larger than the images, a broken weights folder) ends the run with its message."""
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     with stop_requests() as stop_signal:
-        return train(args, command, stop_signal)
+        try:
+            return train(args, command, stop_signal)
+        except (ValueError, FileNotFoundError) as err:
+            script = Path(inspect.getfile(train)).name
+            raise SystemExit(f"{script}: error: {err}") from err
 
 
 class DenoiserRun:

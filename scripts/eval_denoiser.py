@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli_options import positive_int  # noqa: E402
 from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
 from image_io import centre_crop, list_images, load_image  # noqa: E402
@@ -58,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crop", type=int, default=None, help="centre crop N x N for speed")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[10.0, 25.0], help="x/255")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     parser.add_argument("--no-timing", action="store_true", help="skip the speed comparison")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")

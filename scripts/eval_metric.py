@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 import standin_metric  # noqa: E402
+from cli_options import positive_int  # noqa: E402
 from clive_data import read_mos_csv  # noqa: E402
 from image_io import load_images_uint8  # noqa: E402
 from model import IQAModel, MetricModel  # noqa: E402
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=paths.default_data_dir(), help="holds clive/")
     p.add_argument("--weights", type=Path, default=standin_metric.STANDIN_DIR)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed forwards per model")
     p.add_argument("--skip-speed", action="store_true", help="only SRCC/PLCC")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atomic_write import write_text_atomic  # noqa: E402
+from cli_options import device_name, positive_int  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import DiffusionPurifier, load_default_config  # noqa: E402
@@ -181,8 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     p.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--output", type=Path, default=None, help="Markdown report (+ .json)")
     args = p.parse_args(argv)
     try:

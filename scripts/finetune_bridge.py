@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.training_pairs import PairPool, RandomAttacks  # noqa: E402
+from cli_options import positive_int  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -124,9 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--run-dir", type=Path, default=None, help="default runs/<output name>")
     add("--resume", default=None, help="checkpoint folder or 'latest'")
-    add("--max-steps", type=int, default=None)
+    add("--max-steps", type=positive_int, default=None)
     add("--max-minutes", type=float, default=None, help="wall-clock budget")
-    add("--threads", type=int, default=None)
+    add("--threads", type=positive_int, default=None)
     add("--batch-size", type=int, default=8, help="bridge pairs per step")
     add("--crop", type=int, default=128, help="pair crop size (px)")
     add("--prior-batch", type=int, default=8, help="clean crops per step for the prior")
@@ -149,8 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--attacks", default=",".join(ATTACKS), help="comma-separated training attacks")
     add(
         "--val-attacks",
-        default=",".join(VALIDATION_ATTACKS),
-        help="comma-separated attacks of the validation crops (Gain is also logged per attack)",
+        default=None,
+        help="comma-separated attacks of the validation crops (Gain is also logged per attack; "
+        f"default {','.join(VALIDATION_ATTACKS)}; not with --pairs, which validates on its own)",
     )
     add("--eps-range", type=float, nargs=2, default=[2.0, 16.0], help="L-inf budgets, /255")
     add("--max-attack-steps", type=int, default=10)
@@ -161,7 +163,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--min-lr-ratio", type=float, default=0.1)
     add("--warmup-steps", type=int, default=100)
     add("--ema-decay", type=float, default=0.998)
-    add("--holdout", type=int, default=8, help="held-out validation images")
+    add(
+        "--holdout",
+        type=int,
+        default=None,
+        help="held-out validation images (default 8; not with --pairs, which holds out every "
+        "10th reference)",
+    )
     add("--val-crop", type=int, default=192)
     add("--val-every", type=int, default=250)
     add("--checkpoint-every", type=int, default=250)
@@ -172,6 +180,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_minutes is None:
         parser.error("give --max-steps and/or --max-minutes")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.pairs is not None:
+        flags = (("--holdout", args.holdout), ("--val-attacks", args.val_attacks))
+        given = [flag for flag, value in flags if value is not None]
+        if given:
+            parser.error(
+                f"{' and '.join(given)}: not with --pairs (every 10th reference of the dataset "
+                "is held out and validated on its own attacks)"
+            )
+    args.holdout = 8 if args.holdout is None else args.holdout
+    args.val_attacks = args.val_attacks or ",".join(VALIDATION_ATTACKS)
+    if args.holdout < 0:
+        parser.error(f"--holdout must be >= 0, got {args.holdout}")
+    low, high = args.eps_range
+    if not 0 < low <= high <= 255:
+        parser.error(f"--eps-range needs 0 < low <= high <= 255 (in 1/255), got {low:g} {high:g}")
     for name in (
         "batch_size",
         "crop",
@@ -203,6 +228,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag}: unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
         setattr(args, name, chosen)
     return args
+
+
+def check_paths_exist(args: argparse.Namespace) -> None:
+    """``ValueError`` for an input path that does not exist, before any slow loading (not in
+    ``parse_args``, which also re-reads finished runs' options whose paths may be gone)."""
+    if args.pairs is not None and not (args.pairs / "reference").is_dir():
+        raise ValueError(f"--pairs {args.pairs}: no reference/ folder (competition layout)")
+    if args.train_dir is not None and not args.train_dir.is_dir():
+        raise ValueError(f"--train-dir {args.train_dir} is not a folder")
+    for path in args.metric_checkpoint or []:
+        if not path.exists():
+            raise ValueError(f"--metric-checkpoint {path} does not exist")
+    if args.init is not None and not (args.init / "manifest.json").is_file():
+        raise ValueError(f"--init {args.init}: no manifest.json (a released weights folder)")
+    if args.resume not in (None, "latest") and not Path(args.resume).is_dir():
+        raise ValueError(f"--resume {args.resume}: no such checkpoint folder (or use 'latest')")
 
 
 class FixedPairs:
@@ -372,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
     """The fine-tuning run; returns the exit code (0 when ``--output`` was written)."""
+    check_paths_exist(args)
     run = DenoiserRun(args, command, stop_signal, logger)
     version = args.version or run.output.name
     metrics = load_metrics(run.device, args.metric_checkpoint)
@@ -391,7 +433,8 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         all_paths = [
             p for p in list_images(train_dir, recursive=True) if p.name not in TUNING_IMAGES
         ]
-        train_paths, holdout_paths = holdout_split(all_paths, args.holdout)
+        # with --pairs, validation holds out pairs; the clean images all feed the prior
+        train_paths, holdout_paths = holdout_split(all_paths, 0 if args.pairs else args.holdout)
         train_images = load_images_uint8(train_paths, "loading images", skip_unreadable=True)
     crops = RandomCrops(train_images, args.crop, generator)
     prior_crops = RandomCrops(crops.images, args.prior_crop, generator)

@@ -36,6 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atomic_write import write_text_atomic  # noqa: E402
+from cli_options import device_name, positive_int  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from scripts.benchmarking import harness, select_pairs  # noqa: E402
@@ -143,8 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--t-stars", type=int, nargs="+", default=[60, 80])
     p.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", type=Path, default=None, help="Markdown report (+ .json)")
     args = p.parse_args(argv)

@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attacks.registry import ATTACKS  # noqa: E402
+from cli_options import positive_int  # noqa: E402
 from image_io import list_folders  # noqa: E402
 from paths import ROOT  # noqa: E402
 
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path, default=ROOT / "weights" / "ddpm-v1")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--metric-weight", type=float, default=0.0, help="0: bridge + prior")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true", help="only write the report")
     parser.add_argument(

@@ -41,6 +41,7 @@ from tqdm import tqdm  # noqa: E402
 from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.uap import metric_tag  # noqa: E402
+from cli_options import device_name  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from image_io import centre_crop, list_images, load_image, save_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Linearity checkpoint (default: p1q2.pth beside model.py, else the stand-in metric)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_name, default="cpu")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--crop", type=int, default=None, help="centre crop to N x N pixels")
     return parser
@@ -314,5 +315,5 @@ def main(argv: Sequence[str] | None = None) -> DatasetSummary:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # bad input, a file where the output folder goes
         sys.exit(f"error: {err}")

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
+from cli_options import positive_int  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from image_io import list_images, load_images_uint8  # noqa: E402
 from model import IQAModel, TrunkSpec  # noqa: E402
@@ -128,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
     p.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock budget, all in")
     p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: no limit)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     add_trunk_arguments(p)
     p.add_argument("--crop", type=int, default=224)

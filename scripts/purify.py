@@ -41,8 +41,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli_options import device_name, positive_int  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
-from devices import resolve_device  # noqa: E402
 from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("input_dir", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("output_dir", type=Path, help="where purified images go (not inside input)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device", type=device_name, default="cpu", help="torch device (default: cpu)"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="same-size images per batch")
     parser.add_argument("--t-star", type=int, default=None, help="noise level (training step)")
     parser.add_argument("--steps", type=int, default=None, help="reverse diffusion steps")
@@ -147,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")
     parser.add_argument("--keep-format", action="store_true", help="keep each input's format")
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and summary only")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -158,12 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tile must be 0 (whole images) or >= {MIN_TILE} px")
     if args.tile and not 0 < args.tile_overlap < args.tile / 2:
         parser.error("--tile-overlap must be >= 1 and less than half of --tile")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
-    try:
-        resolve_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
     return args
 
 

@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cli_options import positive_int  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crop", type=int, default=64, help="training crop size (px)")
     parser.add_argument("--lr", type=float, default=4e-4, help="peak Adam learning rate")

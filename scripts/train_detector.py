@@ -49,6 +49,7 @@ from atomic_write import save_tensors  # noqa: E402
 from attacks.korhonen import spatial_activity_map  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
+from cli_options import device_name, positive_int  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from defenses.classical import JpegDefense  # noqa: E402
 from image_io import as_uint8, list_images, load_images_uint8, random_window  # noqa: E402
@@ -103,8 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=None, help="stop training early")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu", help="where the metric is attacked and trained")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument(
+        "--device", type=device_name, default="cpu", help="where the metric is attacked and trained"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.run_dir is None:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
+from cli_options import positive_int  # noqa: E402
 from clive_data import (  # noqa: E402
     MosRow,
     carve_validation,
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=200, help="upper bound; --max-minutes decides")
     p.add_argument("--max-minutes", type=float, default=80.0, help="wall-clock budget, all in")
     p.add_argument("--reserve-minutes", type=float, default=1.5, help="kept for calibration")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     add_trunk_arguments(p)
     p.add_argument(

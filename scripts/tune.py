@@ -45,6 +45,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
+from cli_options import device_name, positive_int  # noqa: E402
 from model import MetricModel  # noqa: E402
 from paths import ROOT, default_data_dir  # noqa: E402
 from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--search", choices=["coordinate", "grid"], default="coordinate")
     parser.add_argument("--rounds", type=int, default=2, help="coordinate-search rounds")
-    parser.add_argument("--max-trials", type=int, default=None, help="stop after N trials")
+    parser.add_argument("--max-trials", type=positive_int, default=None, help="stop after N trials")
     parser.add_argument(
         "--space", default=None, help="JSON knob -> values (default: tuning.DEFAULT_SPACE)"
     )
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=int, default=TUNING_CROP)
     parser.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every trial's noise")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--device", type=device_name, default="cpu")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--checkpoint-dir", type=Path, default=ROOT, help="folder with p1q2.pth")
     parser.add_argument(
@@ -151,6 +152,17 @@ def reference_model() -> torch.nn.Module:
     return IQAModel()
 
 
+def start_knobs(text: str) -> dict:
+    """``--start``'s JSON object of knobs; ``ValueError`` for anything else."""
+    try:
+        knobs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--start is not valid JSON: {err}") from err
+    if not isinstance(knobs, dict):
+        raise ValueError(f"--start must be a JSON object of knobs, got {text!r}")
+    return knobs
+
+
 def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     """Run the whole tuning; returns the provenance record (also written unless dry run)."""
     import defense
@@ -164,11 +176,9 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
 
         require_matplotlib()
     space = parse_space(args.space) if args.space else dict(DEFAULT_SPACE)
-    start = (
-        PROVISIONAL_DEFAULTS.replace(**json.loads(args.start))
-        if args.start
-        else PROVISIONAL_DEFAULTS
-    )
+    start = PROVISIONAL_DEFAULTS
+    if args.start:
+        start = start.replace(**start_knobs(args.start))
     device = torch.device(args.device)
     weights = resolve_weights(args.weights, defense.WEIGHTS_DIR)
     data = args.data or default_data_dir()

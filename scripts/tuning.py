@@ -410,7 +410,11 @@ class Tuner:
                     if max_trials is not None and len(self.trials) >= max_trials:
                         return
                     candidate = normalise(current, **{knob: value})
-                    if candidate is not None:
+                    if candidate is None:
+                        logger.warning(
+                            "%s=%r is not runnable around %s: skipped", knob, value, current
+                        )
+                    else:
                         self.trial(candidate)
                 best = self.best(min_quality)
                 current = best.config if best is not None else current
@@ -423,8 +427,12 @@ class Tuner:
         base: PurifierConfig,
         max_trials: int | None = None,
     ) -> None:
-        """Every combination of ``space`` (cheapest first), up to ``max_trials``."""
-        for config in grid_candidates(space, base):
+        """Every combination of ``space`` (cheapest first), up to ``max_trials``;
+        ``ValueError`` if no combination is runnable."""
+        candidates = grid_candidates(space, base)
+        if not candidates:
+            raise ValueError(f"no combination of the search space {dict(space)} is runnable")
+        for config in candidates:
             if max_trials is not None and len(self.trials) >= max_trials:
                 return
             self.trial(config)

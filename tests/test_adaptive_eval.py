@@ -352,6 +352,19 @@ def test_cli_names_a_missing_image_folder(tmp_path: Path, tiny_weights: Path) ->
         adaptive_eval.main(argv)
 
 
+def test_cli_refuses_the_evasion_attack_without_a_detector(
+    tmp_path: Path, tiny_weights: Path, toy_standin_folder: Path
+) -> None:
+    save_image(torch.rand(3, 16, 16), tmp_path / "images" / "a.png")
+    argv = ["--images", str(tmp_path / "images"), "--weights", str(tiny_weights)]
+    argv += ["--metric", str(toy_standin_folder), "--adaptive", "evade"]
+    argv += ["--t-star", "20", "--steps", "2", "--gate", "0", "--t-star-max", "0"]
+    argv += ["--output", str(tmp_path / "out" / "a.md")]
+    with pytest.raises(SystemExit, match="--adaptive evade attacks the perturbation detector;"):
+        adaptive_eval.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_ramped_defense_without_gate_gets_the_evasion_attack(tiny_weights: Path) -> None:
     from purifier import DiffusionPurifier, PerturbationDetector, PurifierConfig
 

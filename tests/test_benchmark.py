@@ -413,6 +413,19 @@ def test_cli_rejects_bad_arguments(tmp_path: Path, extra: list[str], message: st
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "extra", [["--grid-crop", "-5"], ["--grid-rows", "x"], ["--threads", "0"], ["--device", "foo"]]
+)
+def test_cli_usage_errors_come_before_any_work(
+    tmp_path: Path, extra: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    data = write_tiny_dataset(tmp_path / "d")
+    with pytest.raises(SystemExit) as info:
+        benchmark_cli.main(["--data-dir", str(data), "--output-dir", str(tmp_path / "o"), *extra])
+    assert info.value.code == 2 and f"argument {extra[0]}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_names_the_command_for_a_missing_public_set(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

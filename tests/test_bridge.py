@@ -4,6 +4,7 @@ draws, the pair pool, and ``scripts/finetune_bridge.py`` end to end on tiny data
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,13 @@ def _tiny_args(tmp_path: Path, output: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _tiny_pairs_args(tmp_path: Path, output: Path, data: Path) -> list[str]:
+    """``_tiny_args`` for ``--pairs data`` (which holds out its own images: no --holdout)."""
+    args = _tiny_args(tmp_path, output)
+    at = args.index("--holdout")
+    return [*args[:at], *args[at + 2 :], "--pairs", str(data)]
+
+
 def test_finetune_bridge_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
     output = tmp_path / "weights" / "ddpm-v9"
@@ -329,8 +337,8 @@ def test_finetune_bridge_on_fixed_pairs(tmp_path: Path) -> None:
     data = _pairs_dataset(tmp_path / "pairs")
     _folder_of_images(tmp_path / "clean", 6, (40, 36), seed=0)
     output = tmp_path / "ddpm-mine"
-    args = _tiny_args(tmp_path, output)
-    args += ["--pairs", str(data), "--train-dir", str(tmp_path / "clean"), "--metric-weight", "0"]
+    args = _tiny_pairs_args(tmp_path, output, data)
+    args += ["--train-dir", str(tmp_path / "clean"), "--metric-weight", "0"]
     assert finetune_bridge.main(args) == 0
     training = json.loads((output / "manifest.json").read_text())["training"]
     assert training["attacks"] == "fixed pairs" and training["held_out"] == ["img00.png"]
@@ -351,7 +359,7 @@ def test_fixed_pairs_need_no_project_data_and_decode_each_file_once(
 ) -> None:
     data = _pairs_dataset(tmp_path / "pairs")
     output = tmp_path / "ddpm-mine"
-    args = _tiny_args(tmp_path, output) + ["--pairs", str(data), "--metric-weight", "0"]
+    args = _tiny_pairs_args(tmp_path, output, data) + ["--metric-weight", "0"]
     args += ["--data", str(tmp_path / "no-such-data")]
     decoded: list[str] = []
 
@@ -387,6 +395,34 @@ def test_validation_needs_one_label_per_crop() -> None:
         finetune_bridge.Validation(lambda x: x.mean((1, 2, 3))[:, None], images, images, ["a"], 0)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pairs", "/no/such"], "--pairs /no/such: no reference/ folder"),
+        (["--train-dir", "/no/such"], "--train-dir /no/such is not a folder"),
+        (["--metric-checkpoint", "/no/p1q2.pth"], "--metric-checkpoint /no/p1q2.pth does not"),
+        (["--init", "/no/such"], "--init /no/such: no manifest.json"),
+        (["--resume", "/no/such"], "--resume /no/such: no such checkpoint folder"),
+    ],
+)
+def test_missing_input_paths_stop_before_any_work(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["--output", str(tmp_path / "out"), "--run-dir", str(run_dir), "--max-steps", "1"]
+    with pytest.raises(SystemExit, match=f"^finetune_bridge.py: error: {re.escape(message)}"):
+        finetune_bridge.main([*argv, *extra])
+    assert not run_dir.exists()
+
+
+def test_a_crop_larger_than_the_images_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    _folder_of_images(tmp_path / "clean", 3, (40, 36), seed=0)
+    args = _tiny_args(tmp_path, tmp_path / "ddpm-mine") + ["--train-dir", str(tmp_path / "clean")]
+    args[args.index("--crop") + 1] = "64"
+    with pytest.raises(SystemExit, match=r"^finetune_bridge\.py: error: .*at least 64x64"):
+        finetune_bridge.main(args)
+
+
 def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
     _folder_of_images(tmp_path / "reference", 12, (8, 8), seed=0)
     train, held = finetune_bridge.split_pairs_dataset(tmp_path, every=10)
@@ -405,6 +441,12 @@ def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
         (["--max-steps", "1", "--metric-weight", "-1"], "weights"),
         (["--max-steps", "1", "--detail-weight", "-1"], "weights"),
         (["--max-steps", "1", "--detail-block", "1"], "detail-block"),
+        (["--max-steps", "0"], "argument --max-steps: must be an integer >= 1"),
+        (["--max-minutes", "0"], "--max-minutes must be > 0"),
+        (["--max-steps", "1", "--eps-range", "16", "2"], "--eps-range needs 0 < low <= high"),
+        (["--max-steps", "1", "--holdout", "-1"], "--holdout must be >= 0"),
+        (["--max-steps", "1", "--pairs", "p", "--holdout", "2"], "--holdout: not with --pairs"),
+        (["--max-steps", "1", "--pairs", "p", "--val-attacks", "fgsm"], "--val-attacks: not"),
     ],
 )
 def test_finetune_bridge_rejects_bad_options(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -191,3 +192,28 @@ def test_scripts_run_as_files(script):
         [sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "usage:" in done.stdout
+
+
+def test_an_output_path_that_is_a_file_is_a_message(clean_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = [str(blocker), "--input", str(clean_dir), "--attacks", "fgsm", "--device", "cpu"]
+    done = subprocess.run(
+        [sys.executable, "scripts/make_dataset.py", *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: [Errno 17] File exists: '{blocker}")
+    )

@@ -15,6 +15,7 @@ from diffusion import load_denoiser, training_scheduler
 from image_io import list_images, load_image
 from model import MetricModel
 from paths import ROOT, WEIGHTS_DIR
+from standin_metric import STANDIN_DIR
 from weights_manifest import verify_manifest
 
 RELEASES = sorted(p for p in WEIGHTS_DIR.glob("*") if (p / "manifest.json").is_file())
@@ -68,6 +69,8 @@ def test_standin_metric_is_the_default_and_prefers_clean_over_noisy() -> None:
     assert metric.name == "standin" and metric.lower_better is False
     clean_score, noisy_score = clean_and_noisy_scores(metric)
     assert 0 < clean_score < 100 and noisy_score < clean_score
+    # named explicitly, the shipped stand-in keeps its name (datasets record it)
+    assert MetricModel("cpu", STANDIN_DIR).name == "standin"
 
 
 STANDINS = sorted(p.name for p in RELEASES if p.name.startswith("standin-metric-"))

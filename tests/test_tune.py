@@ -181,6 +181,22 @@ def test_tuner_respects_the_budget_and_skips_configs_estimated_over_it(tmp_path:
     tuner.close()
 
 
+def test_unrunnable_values_are_named_not_dropped_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pairs = harness.collect_pairs(write_tiny_dataset(tmp_path / "d"))
+    linearity = {(32, 32): SleepyDefense.UNIT}
+    tuner = Tuner(pairs, ToyMetric(), linearity, SleepyDefense, budget=9, progress=False)
+    start = PurifierConfig(t_star=10, steps=1)
+    with caplog.at_level("WARNING"):
+        tuner.coordinate_search(start, {"steps": (1, 50)}, min_quality=0.0, rounds=1)
+    assert [c.steps for c in tuner.trials] == [1]  # steps 50 > t_star 10 + 1: not runnable
+    assert "steps=50 is not runnable around" in caplog.text
+    with pytest.raises(ValueError, match="no combination of the search space .* is runnable"):
+        tuner.grid_search({"steps": (50, 60)}, start)
+    tuner.close()
+
+
 class BrightMetric(torch.nn.Module):
     """Scores 100 x mean brightness: a second toy metric with another taste."""
 
@@ -377,6 +393,8 @@ def test_cli_fails_when_nothing_fits_the_budget(cli_env: dict) -> None:
     [
         (["--space", '{"t_stat": [1]}'], "unknown knob"),
         (["--start", '{"steps": 0}'], "steps"),
+        (["--start", "[1]"], "--start must be a JSON object of knobs"),
+        (["--start", "{steps"], "--start is not valid JSON"),
         (["--rounds", "0"], "--rounds"),
         (["--budget", "0"], "--budget must be > 0"),
         (["--weights", "/nonexistent/ddpm"], "does not exist"),
@@ -385,6 +403,15 @@ def test_cli_fails_when_nothing_fits_the_budget(cli_env: dict) -> None:
 def test_cli_rejects_bad_arguments(cli_env: dict, extra: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         tune_cli.main([*cli_env["argv"], *extra])
+
+
+@pytest.mark.parametrize("extra", [["--max-trials", "0"], ["--threads", "0"], ["--device", "foo"]])
+def test_cli_usage_errors_name_the_option(
+    cli_env: dict, extra: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        tune_cli.main([*cli_env["argv"], *extra])
+    assert info.value.code == 2 and f"argument {extra[0]}" in capsys.readouterr().err
 
 
 def test_cli_keeps_hand_set_knobs_unless_forced(cli_env: dict) -> None:
