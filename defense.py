@@ -15,6 +15,7 @@ from devices import resolve_device
 from purifier import (
     DiffusionPurifier,
     PurifierConfig,
+    check_config,
     load_default_config,
     resolve_detector,
     resolve_weights,
@@ -100,7 +101,7 @@ class Defense:
         ):
             raise ValueError(f"tile must be None or an int > {2 * TILE_OVERLAP}, got {tile!r}")
         self.tile = tile
-        base = load_default_config() if config is None else config
+        base = load_default_config() if config is None else check_config(config)
         self.config = base.override(
             t_star=t_star,
             steps=steps,

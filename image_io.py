@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from atomic_write import TEMP_SUFFIX, write_atomic
+from image_checks import check_images
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class ImageReadError(ValueError):
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (RGB; 16-bit PNG/TIFF kept exact),
-    turned upright by its EXIF orientation tag (as viewers show it; outputs carry no tag)."""
+    """Read an image file as float32 ``(3, H, W)`` in [0, 1] (RGB; 16-bit greyscale PNG/TIFF kept
+    exact, 16-bit colour read at 8 bits, as Pillow decodes it), turned upright by its EXIF
+    orientation tag (as viewers show it; outputs carry no tag)."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -113,13 +115,19 @@ def jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, path: str | Path, quality: int = 95) -> None:
-    """Write ``(3, H, W)`` float in [0, 1] to ``path`` atomically; format from the suffix."""
+    """Write ``(3, H, W)`` float in [0, 1] to ``path`` atomically; format from the suffix.
+    ``ValueError`` (before anything is written) for another shape or dtype, non-finite or
+    out-of-range values (``image_checks.check_images``) or an unknown extension."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil = Image.fromarray(to_uint8(image))
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unknown image extension: {path.suffix!r}")
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        shape = tuple(image.shape) if hasattr(image, "shape") else type(image).__name__
+        raise ValueError(f"image must be a (3, H, W) torch.Tensor, got {shape}")
+    check_images(image[None], "image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(image))
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     write_atomic(path, lambda tmp: pil.save(tmp, format=fmt, **options))
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from devices import resolve_device
 from image_io import jpeg_round_trip
 from model import check_images
 
@@ -21,7 +22,7 @@ class ClassicalDefense:
     """Base class: validate the input, run ``purify``, keep dtype and device, clip to [0, 1]."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
 
     def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
         """Purify float ``(B, 3, H, W)`` images in [0, 1]; same shape, dtype, device, in [0, 1]."""
@@ -57,8 +58,8 @@ class ResizeDefense(ClassicalDefense):
 
     def __init__(self, device: str | torch.device = "cpu", scale: float = 0.5) -> None:
         super().__init__(device)
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+            raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
         self.scale = scale
 
     def hyperparameters(self) -> dict[str, object]:
@@ -85,8 +86,8 @@ class JpegDefense(ClassicalDefense):
 
     def __init__(self, device: str | torch.device = "cpu", quality: int = 50) -> None:
         super().__init__(device)
-        if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality must be in [1, 100], got {quality}")
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be an int in [1, 100], got {quality!r}")
         self.quality = quality
 
     def hyperparameters(self) -> dict[str, object]:

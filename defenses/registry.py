@@ -20,6 +20,7 @@ from defenses.classical import (
     MedianDefense,
     ResizeDefense,
 )
+from devices import resolve_device
 
 
 class PurifyingDefense(Protocol):
@@ -87,7 +88,8 @@ def register_defense(name: str, factory: DefenseFactory) -> None:
 
 
 def make_defense(name: str, device: str | torch.device = "cpu") -> PurifyingDefense:
-    """Build the defense registered as ``name`` on ``device``."""
+    """Build the defense registered as ``name`` on ``device`` (``ValueError`` for an unknown
+    name or a device this machine does not have)."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
-    return DEFENSES[name](torch.device(device))
+    return DEFENSES[name](resolve_device(device))

@@ -27,6 +27,8 @@ def make_generator(seed_or_generator: torch.Generator | int | None) -> torch.Gen
     if seed_or_generator is None:
         generator.seed()
     elif isinstance(seed_or_generator, int) and not isinstance(seed_or_generator, bool):
+        if not -(2**63) <= seed_or_generator < 2**64:
+            raise ValueError(f"an int seed must lie in [-2**63, 2**64), got {seed_or_generator}")
         generator.manual_seed(seed_or_generator)
     else:
         raise ValueError(

@@ -2,7 +2,12 @@
 them, the perturbation detector that gates it, weights discovery and tiled processing of
 large images."""
 
-from purifier.config import PROVISIONAL_DEFAULTS, PurifierConfig, load_default_config
+from purifier.config import (
+    PROVISIONAL_DEFAULTS,
+    PurifierConfig,
+    check_config,
+    load_default_config,
+)
 from purifier.diffusion_purifier import DiffusionPurifier
 from purifier.perturbation_detector import (
     MissingDetectorError,
@@ -21,6 +26,7 @@ __all__ = [
     "MissingWeightsError",
     "PerturbationDetector",
     "PurifierConfig",
+    "check_config",
     "load_default_config",
     "load_detector",
     "newest_detector",

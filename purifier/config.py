@@ -24,6 +24,7 @@ from schedulers import (
     SAMPLERS,
     SPACINGS,
     ddim_kept_timesteps,
+    ddim_t_stars,
     kept_timesteps,
     nearest_ddim_t_star,
 )
@@ -79,6 +80,7 @@ class PurifierConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        self._plain_numbers()
         _check_float("gate", self.gate, minimum=0.0)
         _check_float("strength_ramp", self.strength_ramp, minimum=0.0, strict=True)
         _check_int("t_star_max", self.t_star_max, minimum=0)
@@ -114,6 +116,18 @@ class PurifierConfig:
             except ValueError as err:
                 raise ValueError(f"bad t_star_max={self.t_star_max}: {err}") from err
 
+    def _plain_numbers(self) -> None:
+        """Numeric knobs as Python ``int``/``float`` (a numpy scalar would not survive
+        ``json.dumps(to_dict())``); anything else is left for the checks to refuse."""
+        for name in ("t_star", "steps", "ensemble", "t_star_max"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))
+        for name in ("gate", "unsharp_amount", "unsharp_radius", "strength_ramp"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+
     @property
     def uses_detector(self) -> bool:
         """Whether the knobs need the perturbation detector (a gate or a noise-level ramp)."""
@@ -145,7 +159,10 @@ class PurifierConfig:
           (capped at the last training step; off when no room is left);
         - ``sampler="ddim"`` (or new ``steps`` with ddim) without a ``t_star`` snaps the
           default ``t_star`` to the nearest level a DDIM grid can start from, and sets
-          ``spacing`` to ``"uniform"``.
+          ``spacing`` to ``"uniform"``;
+        - with ddim, a ramp whose top snaps back to ``t_star`` (every level on it would run
+          the same chain) is widened to the next grid level above ``t_star`` (one DDIM step:
+          49..69 becomes 49..99), or turned off when there is none.
 
         Each such adjustment is logged. Knobs given explicitly are taken as they are and
         validated (``ValueError``), as ``replace`` does.
@@ -169,6 +186,18 @@ class PurifierConfig:
         ):
             shifted = min(t_star + (self.t_star_max - self.t_star), NUM_TRAIN_TIMESTEPS - 1)
             adjusted["t_star_max"] = shifted if shifted > t_star else 0
+        top = adjusted.get("t_star_max", self.t_star_max)
+        ramp_collapses = (
+            sampler == "ddim"
+            and top
+            and "t_star_max" not in given
+            and _is_positive_int(steps)
+            and _is_positive_int(t_star)
+            and nearest_ddim_t_star(top, steps) <= t_star
+        )
+        if ramp_collapses:
+            above = [level for level in ddim_t_stars(steps) if level > t_star]
+            adjusted["t_star_max"] = above[0] if above else 0
         if adjusted:
             logger.info(
                 "adjusted %s to go with the given %s",
@@ -204,6 +233,17 @@ def _check_float(name: str, value: object, minimum: float, strict: bool = False)
 
 
 PROVISIONAL_DEFAULTS = PurifierConfig()
+
+
+def check_config(config: object) -> PurifierConfig:
+    """``config`` if it is a ``PurifierConfig``, else ``ValueError`` (make one from a dict of
+    knobs with ``PurifierConfig(**knobs)``)."""
+    if not isinstance(config, PurifierConfig):
+        raise ValueError(
+            f"config must be a PurifierConfig, got {type(config).__name__}: "
+            "use PurifierConfig(**knobs)"
+        )
+    return config
 
 
 def load_default_config(path: str | Path | None = None) -> PurifierConfig:

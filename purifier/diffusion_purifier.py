@@ -12,14 +12,15 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
+from devices import resolve_device
 from diffusion import load_denoiser, make_generator, purify
 from diffusion.precision import compute_dtype
 from model import check_images
-from purifier.config import PurifierConfig, load_default_config
+from purifier.config import PurifierConfig, check_config, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
 from purifier.tiling import fits_one_tile, tiled_apply_windows
 from purifier.unsharp import unsharp_mask
-from schedulers import make_scheduler
+from schedulers import make_scheduler, nearest_ddim_t_star
 
 
 class DiffusionPurifier:
@@ -48,7 +49,7 @@ class DiffusionPurifier:
         detector: PerturbationDetector | None = None,
     ) -> None:
         self.model = model
-        self.config = load_default_config() if config is None else config
+        self.config = load_default_config() if config is None else check_config(config)
         if self.config.uses_detector and detector is None:
             raise ValueError(
                 f"gate={self.config.gate}, t_star_max={self.config.t_star_max} need a "
@@ -72,8 +73,8 @@ class DiffusionPurifier:
         """Load the denoiser in ``folder`` (manifest checked) onto ``device``, and, when the
         config uses the detector (gate or ramp), the detector folder ``detector`` (default: the
         newest released ``detector-v<N>`` beside ``folder``)."""
-        model, scheduler_config = load_denoiser(folder, device)
-        config = load_default_config() if config is None else config
+        model, scheduler_config = load_denoiser(folder, resolve_device(device))
+        config = load_default_config() if config is None else check_config(config)
         strength_detector = None
         if config.uses_detector:
             folder_or_newest = detector or newest_detector(Path(folder).parent)
@@ -107,13 +108,18 @@ class DiffusionPurifier:
         return self._chains[t_star]
 
     def plan(self, images: torch.Tensor) -> list[int]:
-        """Each image's noise level (``t_star`` for all without a detector), 0 for images the
-        gate leaves unchanged. ``ValueError`` for bad images."""
+        """Each image's noise level (``t_star`` for all without a detector; for ``ddim`` the grid
+        level its chain starts from), 0 for images the gate leaves unchanged. ``ValueError``
+        for bad images."""
         check_images(images)
+        c = self.config
         if self.detector is None:
-            return [self.config.t_star] * images.shape[0]
+            return [c.t_star] * images.shape[0]
         strengths = self.detector.estimate(images.detach()).tolist()
-        return [0 if s < self.config.gate else self.config.noise_level(s) for s in strengths]
+        levels = [0 if s < c.gate else c.noise_level(s) for s in strengths]
+        if c.sampler == "ddim":
+            levels = [nearest_ddim_t_star(t, c.steps) if t else 0 for t in levels]
+        return levels
 
     def flags(self, images: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool on ``images.device``: which images are purified (all of them when
@@ -127,6 +133,7 @@ class DiffusionPurifier:
         ``H, W >= 1``): same shape, dtype and device; images the gate passes are copied
         unchanged. ``ValueError`` naming the problem for anything else
         (``image_checks.check_images``: nothing is converted silently)."""
+        check_generator(generator)
         return self._planned(images, lambda x, t: self.purify_all(x, generator, t))
 
     def tiled(
@@ -143,6 +150,7 @@ class DiffusionPurifier:
         of each run is drawn once for the whole image and each tile takes its crop, so the
         overlaps blend one noise field, not two independent ones (which would leave bands of
         lower grain along the seams). Later steps of a multi-step DDPM chain draw per tile."""
+        check_generator(generator)
 
         def purify_tiles(x: torch.Tensor, t_star: int) -> torch.Tensor:
             if fits_one_tile(x, tile):  # no whole-image noise draw: same noise as untiled
@@ -183,6 +191,7 @@ class DiffusionPurifier:
         ``t_star`` (default ``config.t_star``). ``noise`` ``(ensemble, B, 3, H, W)``, standard
         normal, gives each run's start noise (else drawn from the generator)."""
         check_images(images)
+        check_generator(generator)
         generator = self.generator if generator is None else generator
         scheduler, timesteps = self.chain(self.config.t_star if t_star is None else t_star)
         x = images.to(self.device)
@@ -199,3 +208,13 @@ class DiffusionPurifier:
         purified = total / self.config.ensemble if self.config.ensemble > 1 else total
         purified = unsharp_mask(purified, self.config.unsharp_amount, self.config.unsharp_radius)
         return purified.to(device=images.device, dtype=images.dtype)
+
+
+def check_generator(generator: object) -> None:
+    """``ValueError`` unless ``generator`` is None or a ``torch.Generator`` (an int would be
+    re-seeded by every ensemble run, so all runs would draw the same noise)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+            "seed the purifier instead (seed=...)"
+        )

@@ -103,8 +103,8 @@ class PerturbationDetector(nn.Module):
         """``forward`` for any size: images larger than ``tile`` on a side are visited in
         non-overlapping tiles whose pooled sums are added. ``ValueError`` for bad images."""
         check_images(images)
-        if tile < 8:
-            raise ValueError(f"tile must be >= 8, got {tile}")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 8:
+            raise ValueError(f"tile must be an int >= 8, got {tile!r}")
         images = images.to(next(self.parameters()).device, torch.float32)
         height, width = images.shape[-2:]
         if max(height, width) <= tile:

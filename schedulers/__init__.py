@@ -6,6 +6,7 @@ from schedulers.timestep_spacing import (
     SPACINGS,
     ddim_grid_stride,
     ddim_kept_timesteps,
+    ddim_t_stars,
     kept_timesteps,
     nearest_ddim_t_star,
 )
@@ -18,5 +19,6 @@ __all__ = [
     "ddim_kept_timesteps",
     "kept_timesteps",
     "make_scheduler",
+    "ddim_t_stars",
     "nearest_ddim_t_star",
 ]

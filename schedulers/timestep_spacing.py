@@ -70,13 +70,20 @@ def nearest_ddim_t_star(
     ``steps`` steps can start from, i.e. ``steps * r - 1`` with ``r`` dividing the number of
     training steps."""
     _check_t_star(t_star, num_train_timesteps)
+    candidates = ddim_t_stars(steps, num_train_timesteps)
+    return min(candidates, key=lambda c: (abs(c - t_star), c))
+
+
+def ddim_t_stars(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> list[int]:
+    """Every ``t_star`` a DDIM grid with ``steps`` steps can start from, increasing:
+    ``steps * r - 1`` for each ``r`` dividing the number of training steps."""
     if not _is_int(steps) or not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be an integer in 1..{num_train_timesteps}, got {steps!r}")
     divisors = [r for r in range(1, num_train_timesteps + 1) if num_train_timesteps % r == 0]
     candidates = [steps * r - 1 for r in divisors if 1 <= steps * r - 1 < num_train_timesteps]
     if not candidates:
         raise ValueError(f"no DDIM grid has {steps} steps below a t_star < {num_train_timesteps}")
-    return min(candidates, key=lambda c: (abs(c - t_star), c))
+    return candidates
 
 
 def ddim_kept_timesteps(

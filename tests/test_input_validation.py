@@ -408,3 +408,67 @@ def test_resolve_device_names_what_is_wrong() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             MetricModel("cuda")
+
+
+# --- the Python API refuses what it cannot use (audit of stop 26) ------------------------------
+
+
+def test_save_image_refuses_what_it_would_garble(tmp_path: Path) -> None:
+    uint8 = (torch.linspace(0, 1, 48).reshape(3, 4, 4) * 255).round().to(torch.uint8)
+    bad = {
+        "uint8": (uint8, r"got dtype torch\.uint8: divide by 255"),
+        "nan": (torch.full((3, 2, 2), float("nan")), "NaN or Inf"),
+        "numpy": (np.zeros((3, 2, 2), np.float32), r"\(3, H, W\) torch\.Tensor, got \(3, 2, 2\)"),
+        "batch": (torch.zeros(1, 3, 2, 2), r"\(3, H, W\) torch\.Tensor, got \(1, 3, 2, 2\)"),
+        "range": (torch.full((3, 2, 2), 2.0), r"must lie in \[0, 1\]"),
+    }
+    for name, (image, message) in bad.items():
+        with pytest.raises(ValueError, match=message):
+            save_image(image, tmp_path / name / "x.png")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown image extension: '.xyz'"):
+        save_image(torch.zeros(3, 2, 2), tmp_path / "ext" / "x.xyz")
+    assert not list(tmp_path.iterdir())  # nothing written, no folder made
+
+
+def test_purifier_api_refuses_ints_dicts_and_unknown_devices(tiny_weights: Path) -> None:
+    from purifier import DiffusionPurifier, PerturbationDetector
+
+    config = PurifierConfig(t_star=20, steps=2, ensemble=2)
+    purifier = DiffusionPurifier.from_pretrained(tiny_weights, config=config, seed=0)
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        purifier(x, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="generator must be"):
+        purifier.purify_all(x, generator=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="config must be a PurifierConfig, got dict"):
+        DiffusionPurifier.from_pretrained(tiny_weights, config={"t_star": 20})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="config must be a PurifierConfig, got dict"):
+        Defense(weights=tiny_weights, config={"t_star": 20})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid device 'gpu'"):
+        DiffusionPurifier.from_pretrained(tiny_weights, "gpu", config=config)
+    with pytest.raises(ValueError, match="invalid device 'gpu'"):
+        make_defense("none", "gpu")
+    with pytest.raises(ValueError, match=r"an int seed must lie in \[-2\*\*63, 2\*\*64\)"):
+        Defense(weights=tiny_weights, t_star=20, steps=2, t_star_max=0, seed=2**64)
+    detector = PerturbationDetector((4, 4, 4, 4))
+    for tile in (None, 8.5, 4):
+        with pytest.raises(ValueError, match="tile must be an int >= 8"):
+            detector.estimate(x, tile=tile)  # type: ignore[arg-type]
+
+
+def test_classical_defenses_check_their_knobs_when_built() -> None:
+    from defenses.classical import JpegDefense, ResizeDefense
+
+    with pytest.raises(ValueError, match="scale must be a number in"):
+        ResizeDefense(scale="0.5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="JPEG quality must be an int in"):
+        JpegDefense(quality=50.5)  # type: ignore[arg-type]
+
+
+def test_numpy_knobs_become_plain_numbers() -> None:
+    import json
+
+    config = PurifierConfig(t_star=np.int64(60), steps=np.int32(1), gate=np.float32(0.25))
+    assert type(config.t_star) is int and type(config.gate) is float
+    assert json.loads(json.dumps(config.to_dict()))["t_star"] == 60
+    assert config == PurifierConfig(t_star=60, steps=1, gate=0.25)

@@ -80,7 +80,10 @@ SHIPPED_LIKE = PurifierConfig(t_star=60, steps=1, ensemble=4, t_star_max=80)
         ({"t_star": 999}, {"t_star": 999, "t_star_max": 0}),
         ({"t_star": 100, "t_star_max": 0}, {"t_star": 100, "t_star_max": 0}),
         ({"t_star": 100, "t_star_max": 200}, {"t_star": 100, "t_star_max": 200}),
-        ({"sampler": "ddim"}, {"sampler": "ddim", "t_star": 49, "t_star_max": 69}),
+        # one DDIM step: 49..69 would all run from 49, so the ramp reaches the next level
+        ({"sampler": "ddim"}, {"sampler": "ddim", "t_star": 49, "t_star_max": 99}),
+        ({"sampler": "ddim", "steps": 2}, {"t_star": 49, "t_star_max": 69}),  # 69 -> 79
+        ({"sampler": "ddim", "t_star_max": 69}, {"t_star": 49, "t_star_max": 69}),  # as given
         ({"sampler": "ddim", "steps": 4}, {"t_star": 79, "steps": 4, "t_star_max": 99}),
         ({"sampler": "ddim", "t_star": 99}, {"t_star": 99, "t_star_max": 119}),
         ({"ensemble": 2, "t_star": None}, {"t_star": 60, "t_star_max": 80, "ensemble": 2}),
@@ -192,7 +195,7 @@ def test_ddim_levels_snap_to_the_grid_and_never_fall_below_t_star(tiny_weights: 
     config = PurifierConfig(t_star=39, steps=2, sampler="ddim", t_star_max=99, strength_ramp=6.0)
     purifier, _ = purifier_with(tiny_weights, config, [0.0, 0.5, 1.0, 6.0])
     x = images(4, 16)
-    assert purifier.plan(x) == [39, 44, 49, 99]
+    assert purifier.plan(x) == [39, 39, 49, 99]  # the levels the chains start from (44 -> 39)
     assert purifier.chain(39)[1] == [39, 19]
     assert purifier.chain(44)[1] == [39, 19]  # 44 is nearer 39 than 49 (ties: the smaller)
     assert purifier.chain(45)[1] == [49, 24]
