@@ -5,7 +5,8 @@ The convention for every public function that takes image tensors (``Defense.app
 output check of ``test.py``):
 
 - a ``torch.Tensor`` of shape ``(B, 3, H, W)``, ``B >= 1``, ``H, W >= 1`` (any size, 1 x 1 and
-  odd sizes included);
+  odd sizes included; the blur and median baselines, whose reflect padding needs a second
+  pixel, refuse a side of 1 with a ``ValueError``);
 - floating point (float16, bfloat16, float32, float64); purifiers return the input's dtype,
   the metric scores in float32; integer tensors (uint8 included) are refused with a message
   saying to divide by 255;
