@@ -50,14 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def groups_of(args: argparse.Namespace) -> dict[str, list[Path]]:
-    """Group name -> image paths (``<dataset>/reference``, ``<dataset>/<attack>``, folders)."""
-    return {name: paths for name, (paths, _) in groups_with_references(args).items()}
-
-
 def groups_with_references(args: argparse.Namespace) -> dict[str, tuple[list[Path], Path | None]]:
-    """Group name -> (image paths, the dataset's ``reference`` folder for attacked groups,
-    else None)."""
+    """Group name (``<dataset>: reference``, ``<dataset>: <attack>``, ``<folder> (natural)``)
+    -> (image paths, the dataset's ``reference`` folder for attacked groups, else None)."""
     groups: dict[str, tuple[list[Path], Path | None]] = {}
     for dataset in args.datasets:
         if not dataset.is_dir():
