@@ -1,11 +1,17 @@
-"""``argparse`` value types shared by the command-line scripts, so a bad option is a usage
-error (exit 2, the option named) at parse time, not a traceback after minutes of work."""
+"""What the command-line scripts share so a user's mistake reads as a message: ``argparse``
+value types (a bad option is a usage error, exit 2, the option named, at parse time, not a
+traceback after minutes of work) and ``run_main``, which turns a bad path or bad data met
+later into one line."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from devices import resolve_device
+from schedulers.timestep_spacing import NUM_TRAIN_TIMESTEPS
 
 
 def positive_int(text: str) -> int:
@@ -24,6 +30,37 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (time budgets in minutes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def noise_level(text: str) -> int:
+    """A diffusion noise level (training step) in ``1..NUM_TRAIN_TIMESTEPS - 1``."""
+    value = _int(text)
+    if not 1 <= value < NUM_TRAIN_TIMESTEPS:
+        raise argparse.ArgumentTypeError(
+            f"must be a noise level in 1..{NUM_TRAIN_TIMESTEPS - 1}, got {text!r}"
+        )
+    return value
+
+
+def markdown_report(text: str) -> Path:
+    """A report path whose ``.json`` twin (``with_suffix(".json")``) is another file."""
+    path = Path(text)
+    if path.suffix.lower() == ".json":
+        raise argparse.ArgumentTypeError(
+            f"names the Markdown report; its .json twin is written beside it, got {text!r}"
+        )
+    return path
+
+
 def device_name(text: str) -> str:
     """A torch device this machine has (``devices.resolve_device``), kept as the given text."""
     try:
@@ -38,3 +75,14 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def run_main(main: Callable[[], object], script: str) -> None:
+    """``sys.exit(main())`` for a script's ``__main__``; a ``ValueError`` or ``OSError`` (a
+    missing or unreadable path, a folder where a file goes, data of the wrong layout) exits 1
+    with ``<script>: error: <message>`` instead of a traceback."""
+    try:
+        code = main()
+    except (ValueError, OSError) as err:
+        sys.exit(f"{script}: error: {err}")
+    sys.exit(code if isinstance(code, int) else 0)

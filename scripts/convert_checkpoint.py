@@ -10,6 +10,7 @@ objects, which ``torch.load(weights_only=True)`` refuses. Run this ONCE on a fil
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.trust:
         parser.error("unpickling runs code from the file: pass --trust if you trust SRC")
-    convert(args.src, args.dst)
+    try:
+        convert(args.src, args.dst)
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        parser.exit(1, f"convert_checkpoint.py: error: {err}\n")
     print(f"wrote {args.dst}")
     return 0
 

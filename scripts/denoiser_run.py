@@ -55,12 +55,18 @@ class TrainingProgress:
         self.generator.set_state(state["rng"])
 
 
-def check_output_free(output: Path) -> None:
-    """Refuse to overwrite a released weights folder (or any non-empty folder)."""
+def check_output_free(output: Path, run_dir: Path | None = None) -> None:
+    """Refuse to overwrite a released weights folder (or any non-empty folder), an output
+    that is a file, and a ``run_dir`` equal to the output or inside it (the run's own files
+    would fill the folder the weights go to)."""
     if (output / MANIFEST).exists():
         raise SystemExit(f"{output} already holds released weights ({MANIFEST}); choose a new name")
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"{output} is a file; choose a new --output")
     if output.exists() and any(output.iterdir()):
         raise SystemExit(f"{output} exists and is not empty; choose a new --output")
+    if run_dir is not None and run_dir.resolve().is_relative_to(output.resolve()):
+        raise SystemExit(f"--run-dir {run_dir} lies in --output {output}; keep them apart")
 
 
 def save_weights(
@@ -128,14 +134,15 @@ def run_script(
     argv: Sequence[str] | None,
 ) -> int:
     """A training script's ``main``: parse, record the command, train with stop signals
-    collected; the exit code. A ``ValueError`` or ``FileNotFoundError`` (bad data, a crop
-    larger than the images, a broken weights folder) ends the run with its message."""
+    collected; the exit code. A ``ValueError`` or ``OSError`` (bad data, a crop larger than
+    the images, a broken weights folder, a file where a folder goes) ends the run with its
+    message."""
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     with stop_requests() as stop_signal:
         try:
             return train(args, command, stop_signal)
-        except (ValueError, FileNotFoundError) as err:
+        except (ValueError, OSError) as err:
             script = Path(inspect.getfile(train)).name
             raise SystemExit(f"{script}: error: {err}") from err
 
@@ -167,8 +174,8 @@ class DenoiserRun:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.output = args.output if args.output.is_absolute() else Path.cwd() / args.output
-        check_output_free(self.output)
         self.run_dir = args.run_dir or ROOT / "runs" / self.output.name
+        check_output_free(self.output, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(logger, self.run_dir)
         # Several launched processes (accelerate launch / torchrun) train data-parallel: each

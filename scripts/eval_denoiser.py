@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli_options import positive_int  # noqa: E402
+from cli_options import positive_int, run_main  # noqa: E402
 from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
 from image_io import centre_crop, list_images, load_image  # noqa: E402
@@ -235,4 +235,4 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "eval_denoiser.py")

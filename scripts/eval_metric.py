@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 import standin_metric  # noqa: E402
-from cli_options import positive_int  # noqa: E402
+from cli_options import positive_int, run_main  # noqa: E402
 from clive_data import read_mos_csv  # noqa: E402
 from image_io import load_images_uint8  # noqa: E402
 from model import IQAModel, MetricModel  # noqa: E402
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=paths.default_data_dir(), help="holds clive/")
     p.add_argument("--weights", type=Path, default=standin_metric.STANDIN_DIR)
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--repeats", type=int, default=5, help="timed forwards per model")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per model")
     p.add_argument("--skip-speed", action="store_true", help="only SRCC/PLCC")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     return p.parse_args(argv)
@@ -108,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "eval_metric.py")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atomic_write import write_text_atomic  # noqa: E402
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import device_name, markdown_report, noise_level, positive_int, run_main  # noqa: E402
 from image_io import load_image  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import DiffusionPurifier, load_default_config  # noqa: E402
@@ -178,20 +178,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "tuning-set", help="layout dir")
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "ddpm-v2")
-    p.add_argument("--t-stars", type=int, nargs="+", default=[60, 80])
+    p.add_argument("--t-stars", type=noise_level, nargs="+", default=[60, 80])
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
-    p.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
+    p.add_argument("--limit", type=positive_int, default=None, help="images per attack (spread)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", type=device_name, default="cpu")
-    p.add_argument("--output", type=Path, default=None, help="Markdown report (+ .json)")
+    p.add_argument("--output", type=markdown_report, default=None, help="Markdown report (+ .json)")
     args = p.parse_args(argv)
     try:
         args.corrections = {spec: make_correction(spec) for spec in args.variants}
     except ValueError as err:
         p.error(str(err))
-    if args.limit is not None and args.limit < 1:
-        p.error("--limit must be >= 1")
     return args
 
 
@@ -250,4 +248,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, "fidelity_probe.py")

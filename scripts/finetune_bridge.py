@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.training_pairs import PairPool, RandomAttacks  # noqa: E402
-from cli_options import positive_int  # noqa: E402
+from cli_options import positive_float, positive_int  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--run-dir", type=Path, default=None, help="default runs/<output name>")
     add("--resume", default=None, help="checkpoint folder or 'latest'")
     add("--max-steps", type=positive_int, default=None)
-    add("--max-minutes", type=float, default=None, help="wall-clock budget")
+    add("--max-minutes", type=positive_float, default=None, help="wall-clock budget")
     add("--threads", type=positive_int, default=None)
     add("--batch-size", type=int, default=8, help="bridge pairs per step")
     add("--crop", type=int, default=128, help="pair crop size (px)")
@@ -180,8 +180,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_minutes is None:
         parser.error("give --max-steps and/or --max-minutes")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.pairs is not None:
         flags = (("--holdout", args.holdout), ("--val-attacks", args.val_attacks))
         given = [flag for flag, value in flags if value is not None]

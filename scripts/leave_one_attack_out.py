@@ -147,6 +147,24 @@ def run_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Before any fine-tune starts: every run's command must parse as ``finetune_bridge.py``
+    takes it, with its input paths present, and every ``--score`` dataset and metric must
+    exist. ``SystemExit`` naming the problem (a typo would otherwise surface hours in)."""
+    from scripts.finetune_bridge import check_paths_exist
+    from scripts.finetune_bridge import parse_args as parse_finetune_args
+
+    for name in [ALL, *args.attacks]:
+        try:
+            check_paths_exist(parse_finetune_args(finetune_command(args, name)[2:]))
+        except ValueError as err:
+            raise SystemExit(f"leave_one_attack_out.py: error: {err}") from err
+    for data_dir, metric in args.score:
+        dataset_attacks(data_dir)
+        if not metric.exists():
+            raise SystemExit(f"--score: no metric at {metric}")
+
+
 def same_option(recorded: Any, wanted: Any) -> bool:
     """Whether a manifest's JSON value is the parsed option ``wanted`` (paths compared
     resolved, so a relative and an absolute spelling of one folder match)."""
@@ -450,6 +468,7 @@ def score_markdown(rows: list[dict[str, Any]], data_dir: Path, metric: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    check_inputs(args)
     check_finished_runs(args)
     failed = 0 if args.report_only else run_study(args)
     rows = study_table(args.output_dir, args.attacks)

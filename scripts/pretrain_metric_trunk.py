@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
-from cli_options import positive_int  # noqa: E402
+from cli_options import non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from image_io import list_images, load_images_uint8  # noqa: E402
 from model import IQAModel, TrunkSpec  # noqa: E402
@@ -127,8 +127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clean-dir", type=Path, default=None, help="default <data>/clean/train")
     p.add_argument("--run-dir", type=Path, required=True, help="trunk, log and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
-    p.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock budget, all in")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: no limit)")
+    p.add_argument(
+        "--max-minutes", type=positive_float, default=45.0, help="wall-clock budget, all in"
+    )
+    p.add_argument(
+        "--max-steps", type=non_negative_int, default=0, help="stop after N steps (0: no limit)"
+    )
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     add_trunk_arguments(p)
@@ -173,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wall_start = time.monotonic()
     torch.set_num_threads(args.threads)
+    if (args.run_dir / TRUNK_FILE).exists() and not args.resume:
+        raise SystemExit(
+            f"{args.run_dir / TRUNK_FILE} exists: a finished run; pick a new --run-dir "
+            "(or --resume to continue it)"
+        )
     accelerator = Accelerator(cpu=True)
     setup_logging(args.run_dir, "pretrain_metric_trunk.log")
     command = " ".join(map(shlex.quote, ["python", *sys.argv]))
@@ -318,4 +327,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "pretrain_metric_trunk.py")

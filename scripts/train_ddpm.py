@@ -33,7 +33,7 @@ from diffusers.training_utils import EMAModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli_options import positive_int  # noqa: E402
+from cli_options import positive_float, positive_int  # noqa: E402
 from diffusion import (  # noqa: E402
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -94,8 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=None, help="default runs/<output name>")
     parser.add_argument("--init", type=Path, default=None, help="weights folder to fine-tune")
     parser.add_argument("--resume", default=None, help="checkpoint folder or 'latest'")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    parser.add_argument("--max-steps", type=positive_int, default=None)
+    parser.add_argument(
+        "--max-minutes", type=positive_float, default=None, help="wall-clock budget"
+    )
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--crop", type=int, default=64, help="training crop size (px)")

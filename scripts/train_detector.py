@@ -295,7 +295,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     started = time.monotonic()
     torch.set_num_threads(args.threads)
     output = args.output if args.output.is_absolute() else Path.cwd() / args.output
-    check_output_free(output)
+    check_output_free(output, args.run_dir)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(logger, args.run_dir)
     logger.info("command: %s", command)

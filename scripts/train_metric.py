@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
-from cli_options import positive_int  # noqa: E402
+from cli_options import positive_float, positive_int, run_main  # noqa: E402
 from clive_data import (  # noqa: E402
     MosRow,
     carve_validation,
@@ -82,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=None, help="logs/checkpoints (runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
     p.add_argument("--epochs", type=int, default=200, help="upper bound; --max-minutes decides")
-    p.add_argument("--max-minutes", type=float, default=80.0, help="wall-clock budget, all in")
+    p.add_argument(
+        "--max-minutes", type=positive_float, default=80.0, help="wall-clock budget, all in"
+    )
     p.add_argument("--reserve-minutes", type=float, default=1.5, help="kept for calibration")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -314,13 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     # Several launched processes (accelerate launch / torchrun) train data-parallel on CPU:
     # each takes its own batches of one shared permutation; only the main one logs info and
     # writes weights.
+    if (args.output / MANIFEST).exists():  # before any file of the run is made
+        raise SystemExit(f"{args.output} already holds released weights; pick a new --output")
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
+        raise SystemExit(f"{args.output} is a file or a non-empty folder; pick a new --output")
     accelerator = Accelerator(cpu=True)
     setup_logging(args.run_dir)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
-    if (args.output / MANIFEST).exists():
-        logger.error("%s already holds released weights; pick a new --output", args.output)
-        return 2
     logger.info("command: %s", " ".join(map(shlex.quote, ["python", *sys.argv])))
     logger.info("args: %s", vars(args))
 
@@ -535,4 +538,4 @@ def finish(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "train_metric.py")

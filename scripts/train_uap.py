@@ -35,7 +35,7 @@ from attacks.uap import (  # noqa: E402
     save_perturbation,
 )
 from attacks.uap_training import UAPTrainingResult, train_uap  # noqa: E402
-from cli_options import device_name  # noqa: E402
+from cli_options import device_name, positive_int  # noqa: E402
 from image_io import list_images  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 from weights_manifest import write_manifest  # noqa: E402
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=256, help="perturbation side in pixels")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eps", type=float, default=EPS, help="L-inf bound (default 10/255)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     parser.add_argument("--device", type=device_name, default="cpu")
     return parser
 

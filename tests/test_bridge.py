@@ -442,7 +442,7 @@ def test_split_pairs_dataset_holds_out_every_tenth(tmp_path: Path) -> None:
         (["--max-steps", "1", "--detail-weight", "-1"], "weights"),
         (["--max-steps", "1", "--detail-block", "1"], "detail-block"),
         (["--max-steps", "0"], "argument --max-steps: must be an integer >= 1"),
-        (["--max-minutes", "0"], "--max-minutes must be > 0"),
+        (["--max-minutes", "0"], "argument --max-minutes: must be a finite number > 0"),
         (["--max-steps", "1", "--eps-range", "16", "2"], "--eps-range needs 0 < low <= high"),
         (["--max-steps", "1", "--holdout", "-1"], "--holdout must be >= 0"),
         (["--max-steps", "1", "--pairs", "p", "--holdout", "2"], "--holdout: not with --pairs"),

@@ -463,6 +463,15 @@ def test_train_script_helpers(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not empty"):
         denoiser_run.check_output_free(tmp_path / "used")
     denoiser_run.check_output_free(tmp_path / "fresh")
+    denoiser_run.check_output_free(tmp_path / "fresh", tmp_path / "runs" / "fresh")
+    for run_dir in (tmp_path / "fresh", tmp_path / "fresh" / "run"):
+        with pytest.raises(SystemExit, match="--run-dir .* lies in --output"):
+            denoiser_run.check_output_free(tmp_path / "fresh", run_dir)
+    with pytest.raises(SystemExit, match="is a file"):
+        denoiser_run.check_output_free(tmp_path / "used" / "file")
+    for budget in (["--max-steps", "0"], ["--max-minutes", "0"], ["--max-minutes", "-5"]):
+        with pytest.raises(SystemExit):
+            train_ddpm.parse_args(["--output", "x", *budget])
 
 
 def test_eval_script_compares_weights_on_the_same_noisy_images(

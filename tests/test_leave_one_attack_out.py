@@ -78,6 +78,8 @@ def test_a_finished_run_made_with_other_options_stops_the_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "manifest.json").write_text("{}")  # a release folder, for check_inputs
     study = ["--output-dir", "study", "--attacks", "fgsm,ifgsm", "--init", "w"]
     args = loao.parse_args([*study, "--max-steps", "40", "--", "--crop", "32"])
     _fake_run(tmp_path / "study" / "without-ifgsm", {})
@@ -193,6 +195,35 @@ def test_bad_options_are_refused(
     with pytest.raises(SystemExit):
         loao.parse_args(["--output-dir", str(tmp_path), *argv])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--init", "/no/such"], "--init /no/such: no manifest.json"),
+        (["--metric-weight", "-1"], "loss weights must be >= 0"),
+        (["--", "--crop", "0"], "--crop must be >= 1"),
+        (["--score", "/no/data=weights/standin-metric-v1"], "--score: no attacked/ folder"),
+        (["--score", "DATA=/no/metric"], "--score: no metric at /no/metric"),
+    ],
+)
+def test_inputs_are_checked_before_any_fine_tune_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    extra: list[str],
+    message: str,
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(loao.subprocess, "call", lambda cmd, **_: started.append(cmd) or 0)
+    data = tmp_path / "data"
+    (data / "attacked" / "fgsm").mkdir(parents=True)
+    extra = [a.replace("DATA", str(data)) for a in extra]
+    argv = ["--output-dir", str(tmp_path / "study"), "--attacks", "fgsm,ifgsm", *extra]
+    with pytest.raises(SystemExit) as info:
+        loao.main(argv)
+    said = str(info.value) if info.value.code != 2 else capsys.readouterr().err  # argparse: 2
+    assert message in said and started == []
 
 
 def test_a_two_attack_study_end_to_end(tmp_path: Path) -> None:

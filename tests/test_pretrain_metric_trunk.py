@@ -139,12 +139,20 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
     }
     trunk = load_file(run / pretrain.TRUNK_FILE)
     assert set(trunk) == {f"features.{k}" for k in IQAModel(TINY).features.state_dict()}
+    finished = (run / pretrain.TRUNK_FILE).read_bytes()
+    with pytest.raises(SystemExit, match="exists: a finished run; pick a new --run-dir"):
+        pretrain.main([*common, *flags, "--batch-size", "4", "--eval-crops", "4"])
+    assert (run / pretrain.TRUNK_FILE).read_bytes() == finished  # a rerun never replaces it
 
     out = tmp_path / "metric"
     args = [*common, "--init-trunk", str(run / pretrain.TRUNK_FILE), "--epochs", "1"]
     args += ["--batch-size", "4", "--output", str(out), "--run-dir", str(tmp_path / "metric-run")]
     assert train_metric.main([*args, "--trunk-lr-scale", "0.25"]) == 0
     verify_manifest(out)
+    again = [*common, "--epochs", "1", "--output", str(out), "--run-dir", str(tmp_path / "again")]
+    with pytest.raises(SystemExit, match="already holds released weights"):
+        train_metric.main(again)
+    assert not (tmp_path / "again").exists()  # refused before the run wrote anything
     manifest = json.loads((out / "manifest.json").read_text())
     init_trunk = manifest["training"]["data"]["init_trunk"]
     assert init_trunk["file"] == str(run / pretrain.TRUNK_FILE)
