@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 from atomic_write import save_tensors  # noqa: E402
-from cli_options import positive_float, positive_int, run_main  # noqa: E402
+from cli_options import non_negative_int, positive_float, positive_int, run_main  # noqa: E402
 from clive_data import (  # noqa: E402
     MosRow,
     carve_validation,
@@ -81,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=paths.WEIGHTS_DIR / "standin-metric-v1")
     p.add_argument("--run-dir", type=Path, default=None, help="logs/checkpoints (runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint")
-    p.add_argument("--epochs", type=int, default=200, help="upper bound; --max-minutes decides")
+    p.add_argument(
+        "--epochs", type=positive_int, default=200, help="upper bound; --max-minutes decides"
+    )
     p.add_argument(
         "--max-minutes", type=positive_float, default=80.0, help="wall-clock budget, all in"
     )
@@ -95,8 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start the trunk from a trunk.safetensors of scripts/pretrain_metric_trunk.py",
     )
-    p.add_argument("--crop", type=int, default=224, help="square training crop, native pixels")
-    p.add_argument("--batch-size", type=int, default=16, help="CLIVE crops per step")
+    p.add_argument(
+        "--crop", type=positive_int, default=224, help="square training crop, native pixels"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=16, help="CLIVE crops per step")
     p.add_argument("--rank-sources", type=int, default=2, help="ranked source crops per step")
     p.add_argument("--rank-weight", type=float, default=0.3)
     p.add_argument("--rank-margin", type=float, default=0.3, help="in units of score std")
@@ -115,9 +119,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema-decay", type=float, default=0.995)
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--val-seed", type=int, default=0, help="fixes which train images are val")
-    p.add_argument("--train-limit", type=int, default=0, help="pilot runs: use N fit images")
-    p.add_argument("--checkpoint-every", type=int, default=2, help="epochs between checkpoints")
+    p.add_argument(
+        "--train-limit", type=non_negative_int, default=0, help="pilot runs: use N fit images"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=2, help="epochs between checkpoints"
+    )
     args = p.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        p.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if not 0 < args.trunk_lr_scale <= 1:
         p.error(f"--trunk-lr-scale must be in (0, 1], got {args.trunk_lr_scale}")
     if args.run_dir is None:

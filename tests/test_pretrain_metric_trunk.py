@@ -183,6 +183,26 @@ def test_parameter_groups_split_trunk_from_heads() -> None:
     assert head_group["params"]  # the dr / regression heads
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--batch-size", "0"],
+        ["--checkpoint-every", "0"],
+        ["--crop", "0"],
+        ["--epochs", "0"],
+        ["--max-minutes", "0"],
+        ["--val-fraction", "0"],
+        ["--train-limit", "-1"],
+    ],
+)
+def test_train_metric_refuses_counts_it_cannot_run(
+    extra: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        train_metric.parse_args(extra)
+    assert info.value.code == 2 and extra[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("scale", ["0", "-0.5", "1.5"])
 def test_train_metric_rejects_a_bad_trunk_lr_scale(
     scale: str, capsys: pytest.CaptureFixture
