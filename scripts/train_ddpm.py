@@ -84,6 +84,36 @@ class RandomCrops:
         return torch.stack(crops).float() / 127.5 - 1.0
 
 
+# the network's shape when training from scratch (an --init folder brings its own)
+NETWORK_SHAPE = {
+    "unshuffle": 4,
+    "channels": [64, 128, 192],
+    "layers_per_block": 1,
+    "norm_groups": 8,
+}
+SHAPE_CONFIG_KEYS = {  # where each is stored in the network's config
+    "unshuffle": "unshuffle",
+    "channels": "block_out_channels",
+    "layers_per_block": "layers_per_block",
+    "norm_groups": "norm_num_groups",
+}
+
+
+def check_shape_matches(given: dict[str, Any], config: Any, init: Path) -> None:
+    """``ValueError`` if a shape flag given with ``--init`` differs from its config."""
+
+    def as_list(value: Any) -> list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    differ = [
+        f"--{name.replace('_', '-')} {value} (the folder has {config[SHAPE_CONFIG_KEYS[name]]})"
+        for name, value in given.items()
+        if as_list(value) != as_list(config[SHAPE_CONFIG_KEYS[name]])
+    ]
+    if differ:
+        raise ValueError(f"--init {init} fixes the network's shape: {', '.join(differ)}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,14 +142,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unshuffle", type=int, default=4)
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 192])
-    parser.add_argument("--layers-per-block", type=int, default=1)
-    parser.add_argument("--norm-groups", type=int, default=8)
+    for name, default in NETWORK_SHAPE.items():
+        flag = "--" + name.replace("_", "-")
+        nargs = "+" if isinstance(default, list) else None
+        shown = " ".join(map(str, default)) if nargs else default
+        help_text = f"network shape (default {shown}; an --init folder brings its own)"
+        parser.add_argument(flag, type=int, nargs=nargs, default=None, help=help_text)
     parser.add_argument("--version", default="1", help="version recorded in the manifest")
     args = parser.parse_args(argv)
     if args.max_steps is None and args.max_minutes is None:
         parser.error("give --max-steps and/or --max-minutes")
+    # shape flags given with --init must match its config (checked when it is loaded)
+    args.shape_given = {n: getattr(args, n) for n in NETWORK_SHAPE if getattr(args, n) is not None}
+    for name, default in NETWORK_SHAPE.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     for name in ("batch_size", "crop", "val_every", "checkpoint_every", "log_every", "holdout"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -194,6 +231,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     if args.init:
         verify_manifest(args.init)
         model = PixelUnshuffleUNet.from_pretrained(args.init, local_files_only=True)
+        check_shape_matches(args.shape_given, model.config, args.init)
         logger.info("fine-tuning from %s", args.init)
         # what the fine-tune buys: the starting weights on the same held-out crops
         init_validation = validate(model.eval(), val_images, args.seed)

@@ -472,6 +472,12 @@ def test_train_script_helpers(tmp_path: Path) -> None:
     for budget in (["--max-steps", "0"], ["--max-minutes", "0"], ["--max-minutes", "-5"]):
         with pytest.raises(SystemExit):
             train_ddpm.parse_args(["--output", "x", *budget])
+    scratch = train_ddpm.parse_args(["--output", "x", "--max-steps", "1", "--channels", "8", "16"])
+    assert scratch.channels == [8, 16] and scratch.unshuffle == 4  # the rest from NETWORK_SHAPE
+    config = {"unshuffle": 4, "block_out_channels": (8, 16), "layers_per_block": 1}
+    train_ddpm.check_shape_matches({"channels": [8, 16]}, config, Path("w"))  # the same: fine
+    with pytest.raises(ValueError, match=r"--init w fixes .*--channels \[8, 32\] \(the folder"):
+        train_ddpm.check_shape_matches({"channels": [8, 32], "unshuffle": 4}, config, Path("w"))
 
 
 def test_eval_script_compares_weights_on_the_same_noisy_images(
