@@ -315,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("height", "width", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mode == "defense" and (args.tile is not None or args.tile_overlap is not None):
+        parser.error("--tile and --tile-overlap apply to --mode purify (or both) only")
     modes = MODES if args.mode == "both" else (args.mode,)
     results = []
     try:

@@ -397,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rank, processes = accelerator.process_index, accelerator.num_processes
     steps_per_epoch = len(fit_images) // (args.batch_size * processes)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(fit_images)} fit images make no batch of {args.batch_size} x {processes} "
+            "process(es): lower --batch-size"
+        )
     out_of_time = False
     while state.epoch < args.epochs and not out_of_time:
         model.train()

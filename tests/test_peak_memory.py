@@ -93,6 +93,9 @@ def test_bad_options_are_refused() -> None:
     with pytest.raises(SystemExit) as info:
         peak_memory.main(["--height", "0"])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:  # the defense mode has no tiling: not ignored
+        peak_memory.main(["--mode", "defense", "--tile", "32"])
+    assert info.value.code == 2
 
 
 def test_a_failing_subprocess_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

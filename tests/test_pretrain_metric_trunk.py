@@ -162,6 +162,16 @@ def test_pretrain_then_train_metric_from_the_trunk(tiny_data: Path, tmp_path: Pa
     assert manifest["training"]["hyperparameters"]["trunk_lr_scale"] == 0.25
 
 
+def test_train_metric_names_a_batch_larger_than_the_fit_set(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    argv = ["--data", str(tiny_data), *TINY_FLAGS, "--crop", "32", "--batch-size", "64"]
+    argv += ["--output", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"17 fit images make no batch of 64 .*--batch-size"):
+        train_metric.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
 def test_trunk_provenance_without_pretraining_record(tmp_path: Path) -> None:
     """A trunk file with no ``trunk.json`` beside it is recorded by name and hash alone."""
     path = tmp_path / "my-trunk.safetensors"
