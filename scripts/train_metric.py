@@ -46,6 +46,7 @@ from clive_data import (  # noqa: E402
 from image_io import list_images, load_images_uint8, random_window  # noqa: E402
 from iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss  # noqa: E402
 from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec  # noqa: E402
+from scripts.denoiser_run import check_output_free  # noqa: E402
 from standin_metric import STANDIN_SPEC, save_standin, spec_to_dict  # noqa: E402
 from synthetic_distortions import (  # noqa: E402
     ANY_SOURCE_KINDS,
@@ -53,7 +54,7 @@ from synthetic_distortions import (  # noqa: E402
     N_LEVELS,
     distort,
 )
-from weights_manifest import MANIFEST, sha256_file  # noqa: E402
+from weights_manifest import sha256_file  # noqa: E402
 
 logger = logging.getLogger("train_metric")
 CHECKPOINT_DIR = "checkpoint"
@@ -326,10 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     # Several launched processes (accelerate launch / torchrun) train data-parallel on CPU:
     # each takes its own batches of one shared permutation; only the main one logs info and
     # writes weights.
-    if (args.output / MANIFEST).exists():  # before any file of the run is made
-        raise SystemExit(f"{args.output} already holds released weights; pick a new --output")
-    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        raise SystemExit(f"{args.output} is a file or a non-empty folder; pick a new --output")
+    check_output_free(args.output)  # before any file of the run is made
     accelerator = Accelerator(cpu=True)
     setup_logging(args.run_dir)
     if not accelerator.is_main_process:
