@@ -51,9 +51,18 @@ def noise_level(text: str) -> int:
     return value
 
 
-def markdown_report(text: str) -> Path:
-    """A report path whose ``.json`` twin (``with_suffix(".json")``) is another file."""
+def report_file(text: str) -> Path:
+    """A file to write a report or figures to: not an existing folder (refused before the
+    work, not when it is written at the end)."""
     path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"names a file to write, got the folder {text!r}")
+    return path
+
+
+def markdown_report(text: str) -> Path:
+    """A ``report_file`` whose ``.json`` twin (``with_suffix(".json")``) is another file."""
+    path = report_file(text)
     if path.suffix.lower() == ".json":
         raise argparse.ArgumentTypeError(
             f"names the Markdown report; its .json twin is written beside it, got {text!r}"

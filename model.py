@@ -39,6 +39,18 @@ class TrunkSpec:
     stem_width: int = 64
     expansion: int = 4
 
+    def __post_init__(self) -> None:
+        if len(self.blocks) != 4 or min(self.blocks) < 1:
+            raise ValueError(f"blocks must be four integers >= 1, got {self.blocks}")
+        if min(self.groups, self.width_per_group, self.stem_width, self.expansion) < 1:
+            raise ValueError(f"trunk sizes must be >= 1, got {self}")
+        # the first stage's bottleneck is stem_width * width_per_group / 64 channels per group
+        if self.stem_width * self.width_per_group < 64:
+            raise ValueError(
+                f"stem_width x width_per_group must be >= 64 (the first stage would have no "
+                f"channels), got {self.stem_width} x {self.width_per_group}"
+            )
+
     def stage_channels(self) -> list[int]:
         """Output channels of the four stages (features[4..7])."""
         return [self.stem_width * 2**i * self.expansion for i in range(4)]

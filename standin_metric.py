@@ -61,10 +61,6 @@ def spec_from_dict(info: dict[str, Any], source: str = "metric.json") -> TrunkSp
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{source}: bad trunk spec {info!r}: {err}") from err
-    if len(spec.blocks) != 4 or min(spec.blocks) < 1:
-        raise ValueError(f"{source}: 'blocks' must be four positive integers, got {spec.blocks}")
-    if min(spec.groups, spec.width_per_group, spec.stem_width, spec.expansion) < 1:
-        raise ValueError(f"{source}: trunk sizes must be positive, got {spec}")
     return spec
 
 

@@ -50,7 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import device_name, positive_int, report_file  # noqa: E402
 from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
 from paths import ROOT  # noqa: E402
@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", type=device_name, default="cpu")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads")
-    parser.add_argument("--output", type=Path, default=None, help="markdown report")
-    parser.add_argument("--json", type=Path, default=None, help="default: OUTPUT with .json")
+    parser.add_argument("--output", type=report_file, default=None, help="markdown report")
+    parser.add_argument("--json", type=report_file, default=None, help="default: OUTPUT with .json")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

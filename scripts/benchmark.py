@@ -52,7 +52,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import purifier.config  # noqa: E402
-from cli_options import device_name, non_negative_int, positive_int  # noqa: E402
+from cli_options import (  # noqa: E402
+    device_name,
+    non_negative_int,
+    positive_int,
+    report_file,
+)
 from model import IQAModel, MetricModel  # noqa: E402
 from paths import ROOT  # noqa: E402
 from scripts.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
@@ -161,9 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument(
-        "--markdown", type=Path, default=None, help=f"default OUTPUT_DIR/{MARKDOWN_NAME}"
+        "--markdown", type=report_file, default=None, help=f"default OUTPUT_DIR/{MARKDOWN_NAME}"
     )
-    parser.add_argument("--json", type=Path, default=None, help="default OUTPUT_DIR/benchmark.json")
+    parser.add_argument(
+        "--json", type=report_file, default=None, help="default OUTPUT_DIR/benchmark.json"
+    )
     parser.add_argument(
         "--grid",
         type=Path,

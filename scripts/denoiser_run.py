@@ -36,6 +36,8 @@ from weights_manifest import MANIFEST, write_manifest
 
 SNAPSHOT_DIR = "ema_latest"
 CHECKPOINT_DIR = "checkpoints"
+# the config entries that fix the network's parameter shapes, named when a checkpoint does not fit
+SHAPE_KEYS = ("unshuffle", "block_out_channels", "layers_per_block", "norm_num_groups")
 
 
 class TrainingProgress:
@@ -220,7 +222,18 @@ class DenoiserRun:
         if self.args.resume:
             resume = self.args.resume
             checkpoint = latest_checkpoint(self.run_dir) if resume == "latest" else Path(resume)
-            self.accelerator.load_state(str(checkpoint))
+            if not checkpoint.is_dir():
+                raise ValueError(f"--resume {resume}: no checkpoint folder {checkpoint}")
+            try:
+                self.accelerator.load_state(str(checkpoint))
+            except RuntimeError as err:  # the model's state dict does not fit
+                if "loading state_dict" not in str(err):
+                    raise
+                shape = {k: self.model_config[k] for k in SHAPE_KEYS if k in self.model_config}
+                raise ValueError(
+                    f"--resume {resume}: {checkpoint} holds a network of another shape than "
+                    f"this run's {shape}; give the shape flags (or --init) the run started with"
+                ) from None
             ema.to(self.accelerator.device)
             self.logger.info("resumed from %s at step %d", checkpoint, self.progress.step)
         self._seconds_before = self.progress.seconds

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli_options import positive_int, run_main  # noqa: E402
+from cli_options import positive_int, report_file, run_main  # noqa: E402
 from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
 from image_io import centre_crop, list_images, load_image  # noqa: E402
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     parser.add_argument("--no-timing", action="store_true", help="skip the speed comparison")
-    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--json", type=report_file, default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if args.crop is not None and args.crop < 8:
         parser.error("--crop must be >= 8")

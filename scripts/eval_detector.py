@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli_options import positive_int, run_main  # noqa: E402
+from cli_options import positive_int, report_file, run_main  # noqa: E402
 from image_io import ImageReadError, list_folders, list_images, load_image  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import PerturbationDetector, load_detector, newest_detector  # noqa: E402
@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clean", type=Path, nargs="*", default=[], help="folders of natural photos")
     p.add_argument("--limit", type=positive_int, default=None, help="at most N images per group")
     p.add_argument("--gates", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0])
-    p.add_argument("--output", type=Path, default=None, help="JSON with the table and estimates")
+    p.add_argument(
+        "--output", type=report_file, default=None, help="JSON with the table and estimates"
+    )
     p.add_argument("--threads", type=positive_int, default=1)
     args = p.parse_args(argv)
     if not args.datasets and not args.clean:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import paths  # noqa: E402
 import standin_metric  # noqa: E402
-from cli_options import positive_int, run_main  # noqa: E402
+from cli_options import positive_int, report_file, run_main  # noqa: E402
 from clive_data import read_mos_csv  # noqa: E402
 from image_io import load_images_uint8  # noqa: E402
 from model import IQAModel, MetricModel  # noqa: E402
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--repeats", type=positive_int, default=5, help="timed forwards per model")
     p.add_argument("--skip-speed", action="store_true", help="only SRCC/PLCC")
-    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--json", type=report_file, default=None, help="write the figures here")
     return p.parse_args(argv)
 
 

@@ -38,6 +38,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cli_options import (  # noqa: E402
+    noise_level,
+    positive_float,
+    positive_int,
+    report_file,
+)
+
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 MODES = ("defense", "purify")
@@ -286,23 +295,52 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--mode", choices=(*MODES, "both"), default="both")
-    parser.add_argument("--height", type=int, default=PHOTO_HEIGHT)
-    parser.add_argument("--width", type=int, default=PHOTO_WIDTH)
+    parser.add_argument("--height", type=positive_int, default=PHOTO_HEIGHT)
+    parser.add_argument("--width", type=positive_int, default=PHOTO_WIDTH)
     parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
-    parser.add_argument("--t-star", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--t-star", type=noise_level, default=None)
+    parser.add_argument("--steps", type=positive_int, default=None)
     parser.add_argument("--tile", type=int, default=None, help="purify mode (default: the CLI's)")
     parser.add_argument("--tile-overlap", type=int, default=None, help="purify mode")
     parser.add_argument(
         "--precision", default=None, help="denoiser arithmetic: auto (default), float32, bfloat16"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the subprocess")
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads of the subprocess"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--timeout", type=positive_float, default=None, help="seconds per measurement"
+    )
+    parser.add_argument(
+        "--json", type=report_file, default=None, help="also write the results here"
+    )
     parser.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error, before any subprocess starts, for a knob the measurement would refuse
+    (the subprocess imports torch and the defense; this parent does so only to check)."""
+    sys.path.insert(0, str(REPO))
+    from purifier import resolve_weights
+    from purifier.config import load_default_config
+    from scripts.purify import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiling_error
+
+    try:
+        load_default_config().override(
+            t_star=args.t_star, steps=args.steps, precision=args.precision
+        )
+        resolve_weights(args.weights, REPO / "weights")
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    if args.mode != "defense":
+        tile = DEFAULT_TILE if args.tile is None else args.tile
+        overlap = DEFAULT_TILE_OVERLAP if args.tile_overlap is None else args.tile_overlap
+        problem = tiling_error(tile, overlap)
+        if problem:
+            parser.error(problem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -312,11 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_child(args)
         args.result.write_text(json.dumps(result, indent=1) + "\n")
         return 0
-    for name in ("height", "width", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.mode == "defense" and (args.tile is not None or args.tile_overlap is not None):
         parser.error("--tile and --tile-overlap apply to --mode purify (or both) only")
+    check_knobs(parser, args)
     modes = MODES if args.mode == "both" else (args.mode,)
     results = []
     try:

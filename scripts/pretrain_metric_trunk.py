@@ -45,6 +45,7 @@ from scripts.train_metric import (  # noqa: E402
     Normalise,
     TrainState,
     add_trunk_arguments,
+    check_trunk_arguments,
     random_crop,
     schedule_lr,
     setup_logging,
@@ -150,6 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epoch-steps", type=int, default=50, help="steps between evaluations")
     p.add_argument("--source-limit", type=int, default=0, help="pilot runs: N images per source")
     args = p.parse_args(argv)
+    check_trunk_arguments(p, args)
     if args.clean_dir is None:
         args.clean_dir = args.data / "clean" / "train"
     if not 0.0 <= args.untouched < 1.0:

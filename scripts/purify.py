@@ -65,6 +65,7 @@ from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 
 logger = logging.getLogger("purify")
 MIN_TILE = 16
+DEFAULT_TILE, DEFAULT_TILE_OVERLAP = 512, 32
 """Smallest ``--tile``: a smaller tile would be mostly the denoiser's own padding."""
 
 
@@ -145,8 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="perturbation-detector folder for --gate and --t-star-max "
         "(default: the newest detector-v* beside --weights, else weights/detector-v*)",
     )
-    parser.add_argument("--tile", type=int, default=512, help="tile side in px; 0 disables tiling")
-    parser.add_argument("--tile-overlap", type=int, default=32, help="blended overlap in px")
+    parser.add_argument(
+        "--tile", type=int, default=DEFAULT_TILE, help="tile side in px; 0 disables tiling"
+    )
+    parser.add_argument(
+        "--tile-overlap", type=int, default=DEFAULT_TILE_OVERLAP, help="blended overlap in px"
+    )
     parser.add_argument("--keep-format", action="store_true", help="keep each input's format")
     parser.add_argument("--overwrite", action="store_true", help="redo existing outputs")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
@@ -154,13 +159,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if args.tile < 0 or args.tile_overlap < 0:
-        parser.error("--tile and --tile-overlap must be >= 0")
-    if 0 < args.tile < MIN_TILE:
-        parser.error(f"--tile must be 0 (whole images) or >= {MIN_TILE} px")
-    if args.tile and not 0 < args.tile_overlap < args.tile / 2:
-        parser.error("--tile-overlap must be >= 1 and less than half of --tile")
+    problem = tiling_error(args.tile, args.tile_overlap)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def tiling_error(tile: int, overlap: int) -> str | None:
+    """Why ``--tile``/``--tile-overlap`` cannot tile an image, or None when they can."""
+    if tile < 0 or overlap < 0:
+        return "--tile and --tile-overlap must be >= 0"
+    if 0 < tile < MIN_TILE:
+        return f"--tile must be 0 (whole images) or >= {MIN_TILE} px"
+    if tile and not 0 < overlap < tile / 2:
+        return "--tile-overlap must be >= 1 and less than half of --tile"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ from atomic_write import save_tensors  # noqa: E402
 from attacks.korhonen import spatial_activity_map  # noqa: E402
 from attacks.registry import ATTACKS  # noqa: E402
 from attacks.training_pairs import RandomAttacks  # noqa: E402
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import device_name, positive_float, positive_int  # noqa: E402
 from clive_data import carve_validation, read_mos_csv  # noqa: E402
 from defenses.classical import JpegDefense  # noqa: E402
 from image_io import as_uint8, list_images, load_images_uint8, random_window  # noqa: E402
@@ -99,11 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--weaken-mask", type=float, default=0.5, help="share of weakened crops also masked"
     )
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=positive_int, default=3000)
     p.add_argument("--batch-size", type=int, default=32, help="half attacked, half natural")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training early")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--checkpoint-every", type=positive_int, default=500)
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop training early")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument(
         "--device", type=device_name, default="cpu", help="where the metric is attacked and trained"

@@ -76,6 +76,14 @@ def trunk_spec(args: argparse.Namespace) -> TrunkSpec:
     return TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
 
 
+def check_trunk_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2) unless the trunk options describe a buildable trunk."""
+    try:
+        trunk_spec(args)
+    except ValueError as err:
+        parser.error(f"--blocks/--groups/--width-per-group/--stem-width: {err}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", type=Path, default=paths.default_data_dir(), help="holds clive/")
@@ -127,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint-every", type=positive_int, default=2, help="epochs between checkpoints"
     )
     args = p.parse_args(argv)
+    check_trunk_arguments(p, args)
     if not 0 < args.val_fraction < 1:
         p.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if not 0 < args.trunk_lr_scale <= 1:
@@ -246,11 +255,15 @@ def parameter_groups(model: IQAModel, trunk_lr_scale: float) -> list[dict[str, A
 def load_trunk(model: IQAModel, path: Path) -> None:
     """Copy the ``features.*`` tensors in ``path`` (safetensors) into ``model``'s trunk;
     ``ValueError`` unless they are exactly that trunk's tensors, with its shapes."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise ValueError(f"--init-trunk: {path} does not exist")
-    tensors = load_file(path)
+    try:
+        tensors = load_file(path)
+    except SafetensorError as err:
+        raise ValueError(f"--init-trunk: {path} is not a safetensors file ({err})") from None
     expected = {f"features.{k}": v for k, v in model.features.state_dict().items()}
     if set(tensors) != set(expected):
         missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))

@@ -3,7 +3,8 @@
 Usage::
 
     python scripts/train_uap.py [--metric-checkpoint p1q2.pth] [--data ROOT] [--seed 0]
-        [--epochs 5] [--batch-size 8] [--size 256] [--lr 0.001] [--device cpu] [--out DIR]
+        [--epochs 5] [--batch-size 8] [--size 256] [--lr 0.001] [--device cpu] [--threads N]
+        [--out DIR]
 
 Trains on ``DATA/clean/train`` (never on ``clean/eval``) and writes
 ``weights/uap-<metric>-v1/perturbation.safetensors`` plus ``manifest.json``. An existing
@@ -35,7 +36,7 @@ from attacks.uap import (  # noqa: E402
     save_perturbation,
 )
 from attacks.uap_training import UAPTrainingResult, train_uap  # noqa: E402
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import device_name, positive_float, positive_int, run_main  # noqa: E402
 from image_io import list_images  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 from weights_manifest import write_manifest  # noqa: E402
@@ -115,19 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: weights/uap-<metric>-v1)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--size", type=int, default=256, help="perturbation side in pixels")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eps", type=float, default=EPS, help="L-inf bound (default 10/255)")
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument(
+        "--size", type=positive_int, default=256, help="perturbation side in pixels"
+    )
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument(
+        "--eps", type=positive_float, default=EPS, help="L-inf bound (default 10/255)"
+    )
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N images")
     parser.add_argument("--device", type=device_name, default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     metric = load_metric(args.device, args.metric_checkpoint)
     out = args.out or default_uap_dir(metric_tag(metric) or "metric")
     train_dir = (args.data or default_data_dir()) / "clean" / "train"
@@ -154,7 +162,4 @@ def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_main(main, "train_uap")

@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import device_name, positive_int, report_file  # noqa: E402
 from model import MetricModel  # noqa: E402
 from paths import ROOT, default_data_dir  # noqa: E402
 from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="another panel: a metric (stand-in folder or p1q2.pth) and its tuning set folder",
     )
     parser.add_argument("--weights", type=Path, default=None, help="denoiser folder")
-    parser.add_argument("--output", type=Path, default=DEFAULTS_FILE, help="defaults file")
+    parser.add_argument("--output", type=report_file, default=DEFAULTS_FILE, help="defaults file")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--pareto", type=Path, default=None, help="default OUTPUT_DIR/pareto.png")
     parser.add_argument("--no-plot", action="store_true")

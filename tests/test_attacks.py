@@ -525,3 +525,23 @@ def test_train_uap_script_writes_weights_with_manifest(tmp_path, metric):
         train_and_save(metric, data, out, progress=False, size=8, epochs=1)
     assert [p.name for p in out.parent.iterdir()] == ["uap-toy-v1"]  # no staging left
     assert np.isfinite(manifest["training"]["wall_time_s"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--epochs", "0"],
+        ["--batch-size", "0"],
+        ["--size", "-8"],
+        ["--lr", "0"],
+        ["--eps", "-0.1"],
+        ["--threads", "0"],
+    ],
+)
+def test_train_uap_cli_refuses_bad_options(extra, capsys):
+    from scripts.train_uap import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(extra)
+    assert info.value.code == 2
+    assert extra[0] in capsys.readouterr().err

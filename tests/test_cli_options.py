@@ -17,6 +17,7 @@ from cli_options import (
     non_negative_int,
     positive_float,
     positive_int,
+    report_file,
     run_main,
 )
 from paths import ROOT
@@ -30,7 +31,8 @@ from scripts import convert_checkpoint
         (non_negative_int, {"0": 0, "7": 7}, ["-1", "2.0", ""]),
         (positive_float, {"0.5": 0.5, "3": 3.0}, ["0", "-1", "inf", "nan", "x"]),
         (noise_level, {"1": 1, "999": 999}, ["0", "1000", "60.5"]),
-        (markdown_report, {"r.md": Path("r.md"), "r": Path("r")}, ["r.json", "a/R.JSON"]),
+        (markdown_report, {"r.md": Path("r.md"), "r": Path("r")}, ["r.json", "a/R.JSON", "."]),
+        (report_file, {"r.json": Path("r.json"), "no/such/r": Path("no/such/r")}, [".", "/"]),
         (device_name, {"cpu": "cpu"}, ["gpu", "cuda:x"]),
     ],
 )
@@ -97,3 +99,30 @@ def test_convert_checkpoint_reports_bad_sources(tmp_path: Path, capsys) -> None:
             convert_checkpoint.main([str(tmp_path / name), str(tmp_path / "out.pth"), "--trust"])
         assert info.value.code == 1 and message in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "flag"),
+    [
+        ("adaptive_eval", "--output"),
+        ("adaptive_eval", "--json"),
+        ("benchmark", "--markdown"),
+        ("benchmark", "--json"),
+        ("eval_denoiser", "--json"),
+        ("eval_detector", "--output"),
+        ("eval_metric", "--json"),
+        ("tune", "--output"),
+    ],
+)
+def test_report_options_refuse_a_folder_before_the_work(
+    script: str, flag: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import importlib
+
+    module = importlib.import_module(f"scripts.{script}")
+    parse = module.build_parser().parse_args if hasattr(module, "build_parser") else None
+    parse = parse or module.parse_args
+    with pytest.raises(SystemExit) as info:
+        parse([flag, str(tmp_path)])
+    assert info.value.code == 2
+    assert f"{flag}: names a file to write" in capsys.readouterr().err

@@ -428,6 +428,13 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
     argv2 = ["--train-dir", str(train_dir), "--output", str(resumed), "--run-dir", str(run_dir)]
     assert train_ddpm.main(argv2 + TINY_ARGS + ["--resume", "latest", "--max-steps", "4"]) == 0
     assert json.loads((resumed / "manifest.json").read_text())["training"]["steps"] == 4
+    # a checkpoint of another network shape is named, not an error from inside accelerate
+    other = argv2[:3] + [str(tmp_path / "weights" / "tiny3")] + argv2[4:]
+    wider = TINY_ARGS[:-4] + ["16", "32"] + TINY_ARGS[-2:]
+    with pytest.raises(SystemExit, match=r"another shape .*'block_out_channels': \(16, 32\)"):
+        train_ddpm.main(other + wider + ["--resume", "latest", "--max-steps", "5"])
+    with pytest.raises(SystemExit, match="no checkpoint folder"):
+        train_ddpm.main(other + TINY_ARGS + ["--resume", str(tmp_path / "nope")])
     fine = tmp_path / "weights" / "fine"
     argv3 = [
         "--train-dir",

@@ -234,3 +234,17 @@ def test_default_without_p1q2_or_standin_is_a_clear_error(
     )
     with pytest.raises(FileNotFoundError, match="missing"):
         MetricModel("cpu")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"blocks": (1, 1, 1)}, "four integers"),
+        ({"blocks": (1, 0, 1, 1)}, "four integers"),
+        ({"blocks": (1, 1, 1, 1), "groups": 0}, "must be >= 1"),
+        ({"blocks": (1, 1, 1, 1), "stem_width": 4}, "4 x 8"),
+    ],
+)
+def test_trunk_spec_refuses_a_trunk_it_cannot_build(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrunkSpec(**fields)

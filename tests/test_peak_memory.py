@@ -98,6 +98,32 @@ def test_bad_options_are_refused() -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--t-star", "0"], "--t-star"),
+        (["--steps", "0"], "--steps"),
+        (["--precision", "half"], "precision"),
+        (["--weights", "no/such/folder"], "does not exist"),
+        (["--mode", "purify", "--tile", "8"], "--tile must be 0"),
+        (["--mode", "purify", "--tile", "64", "--tile-overlap", "40"], "less than half"),
+        (["--timeout", "0"], "--timeout"),
+        (["--json", "."], "names a file to write"),
+    ],
+)
+def test_knobs_the_subprocess_would_refuse_are_refused_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv: list, message: str
+) -> None:
+    def never(*args: object, **kwargs: object) -> dict:
+        raise AssertionError("no measurement may start")
+
+    monkeypatch.setattr(peak_memory, "measure_peak_memory", never)
+    with pytest.raises(SystemExit) as info:
+        peak_memory.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_failing_subprocess_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     crash = tmp_path / "crash.py"
     crash.write_text("import sys\nsys.exit('MissingWeightsError: no weights')\n")
@@ -121,13 +147,15 @@ def test_cli_writes_json(
         return {"mode": mode, "pixels": height * width}
 
     monkeypatch.setattr(peak_memory, "measure_peak_memory", fake)
-    argv = ["--height", "8", "--width", "12", "--weights", "w", "--tile", "64"]
+    weights = tmp_path / "w"
+    weights.mkdir()
+    argv = ["--height", "8", "--width", "12", "--weights", str(weights), "--tile", "96"]
     assert peak_memory.main([*argv, "--json", str(tmp_path / "m.json")]) == 0
     results = json.loads((tmp_path / "m.json").read_text())
     assert results == [{"mode": "defense", "pixels": 96}, {"mode": "purify", "pixels": 96}]
     assert json.loads(capsys.readouterr().out) == results
-    assert "tile" not in seen[0][3] and seen[1][3]["tile"] == 64
-    assert seen[0][3]["weights"] == Path("w") and seen[0][3]["threads"] == 1
+    assert "tile" not in seen[0][3] and seen[1][3]["tile"] == 96
+    assert seen[0][3]["weights"] == weights and seen[0][3]["threads"] == 1
 
 
 def test_memory_section_in_the_benchmark_markdown(measured: dict[str, dict]) -> None:

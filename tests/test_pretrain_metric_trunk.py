@@ -103,6 +103,10 @@ def test_load_trunk_copies_only_the_trunk_and_rejects_a_mismatch(tmp_path: Path)
         train_metric.load_trunk(deeper, path)
     with pytest.raises(ValueError, match="does not exist"):
         train_metric.load_trunk(target, tmp_path / "missing.safetensors")
+    pickle = tmp_path / "trunk.pth"
+    torch.save(source.features.state_dict(), pickle)
+    with pytest.raises(ValueError, match="trunk.pth is not a safetensors file"):
+        train_metric.load_trunk(target, pickle)
 
 
 @pytest.fixture()
@@ -203,6 +207,8 @@ def test_parameter_groups_split_trunk_from_heads() -> None:
         ["--max-minutes", "0"],
         ["--val-fraction", "0"],
         ["--train-limit", "-1"],
+        ["--stem-width", "4"],
+        ["--blocks", "1", "0", "1", "1"],
     ],
 )
 def test_train_metric_refuses_counts_it_cannot_run(
@@ -229,6 +235,8 @@ def test_train_metric_rejects_a_bad_trunk_lr_scale(
         (["--crop", "0"], "--crop"),
         (["--epoch-steps", "0"], "--epoch-steps"),
         (["--bn-batches", "0"], "--bn-batches"),
+        (["--stem-width", "4"], "the first stage would have no channels"),
+        (["--groups", "0"], "--groups"),
     ],
 )
 def test_pretrain_rejects_bad_options(

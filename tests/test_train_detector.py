@@ -110,6 +110,9 @@ def test_natural_batch_draws_from_every_pool() -> None:
         ["--weaken-prob", "-0.1"],
         ["--weaken-floor", "0"],
         ["--weaken-floor", "1.5"],
+        ["--max-minutes", "0"],
+        ["--checkpoint-every", "0"],
+        ["--lr", "-1e-3"],
     ],
 )
 def test_cli_refuses_bad_options(extra: list[str], capsys: pytest.CaptureFixture) -> None:
