@@ -27,3 +27,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r}: MPS is not available on this machine")
     return resolved
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously), so a clock read after it
+    measures the work; nothing to wait for elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

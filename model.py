@@ -274,8 +274,9 @@ class MetricModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Score float ``(B, 3, H, W)`` images in [0, 1] (any float dtype, any ``H, W >= 1``);
-        returns float32 ``(B, 1)``, higher = better. ``ValueError`` for anything else (see
-        ``image_checks``: no silent grey/RGBA/uint8 conversion)."""
+        returns float32 ``(B, 1)`` on the metric's device, higher = better (images elsewhere
+        are moved there). ``ValueError`` for anything else (see ``image_checks``: no silent
+        grey/RGBA/uint8 conversion)."""
         check_images(image, "image")
-        x = (image.to(self.mean.dtype) - self.mean) / self.std
+        x = (image.to(device=self.mean.device, dtype=self.mean.dtype) - self.mean) / self.std
         return self.model(x)[-1] * self.k[0] + self.b[0]

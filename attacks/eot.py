@@ -19,7 +19,9 @@ class GaussianNoise:
         self.sigma = float(sigma)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        # drawn where the generator lives (a CPU generator with CUDA images works)
+        noise = torch.randn(x.shape, generator=generator, device=generator.device)
+        noise = noise.to(device=x.device, dtype=x.dtype)
         return (x + self.sigma * noise).clamp(0.0, 1.0)
 
     def __repr__(self) -> str:

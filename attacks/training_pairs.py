@@ -30,12 +30,12 @@ Metric = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
+    return low + (high - low) * float(torch.rand((), generator=generator, device=generator.device))
 
 
 def _randint(generator: torch.Generator, low: int, high: int) -> int:
     """Uniform integer in ``low..high`` inclusive."""
-    return int(torch.randint(low, high + 1, (), generator=generator))
+    return int(torch.randint(low, high + 1, (), generator=generator, device=generator.device))
 
 
 def _defaults(name: str) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class RandomAttacks:
             else:
                 alpha *= _uniform(generator, 0.5, 2.0)
             options["alpha"] = alpha
-        if name != "uap" and float(torch.rand((), generator=generator)) < self.eot_prob:
+        if name != "uap" and _uniform(generator, 0.0, 1.0) < self.eot_prob:
             options["eot_samples"] = 2
             options["eot_transform"] = GaussianNoise(1 / 255)
         return name, options

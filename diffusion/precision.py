@@ -18,8 +18,8 @@ def has_native_bfloat16(device: torch.device) -> bool:
     if device.type == "cpu":
         flags = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(torch.cpu, flag, lambda: False)() for flag in flags)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cuda":  # Ampere (compute capability 8) and later, this very device
+        return torch.cuda.get_device_capability(device)[0] >= 8
     return False
 
 

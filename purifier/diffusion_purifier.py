@@ -156,7 +156,9 @@ class DiffusionPurifier:
             if fits_one_tile(x, tile):  # no whole-image noise draw: same noise as untiled
                 return self.purify_all(x, generator, t_star)
             draw = self.generator if generator is None else generator
-            noise = torch.randn((self.config.ensemble, *x.shape), generator=draw)
+            noise = torch.randn(
+                (self.config.ensemble, *x.shape), generator=draw, device=draw.device
+            )
 
             def purify_tile(piece: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
                 return self.purify_all(piece, generator, t_star, noise[..., rows, cols])

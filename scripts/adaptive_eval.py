@@ -51,6 +51,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
 from cli_options import device_name, positive_int, report_file  # noqa: E402
+from devices import synchronize  # noqa: E402
 from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
 from paths import ROOT  # noqa: E402
@@ -193,6 +194,7 @@ def evaluate_image(
         key = key or (mode if defense is not None else "bare")
         start = time.perf_counter()
         adv = run(image, generator_for(seed, "attack", name, eps, key))
+        synchronize(adv.device)
         return adv, time.perf_counter() - start
 
     bare, bare_seconds = attack(None, "full")
@@ -526,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "command": shlex.join(command),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_info(),
+        "machine": machine_info(device),
         "wall_seconds": time.perf_counter() - started,
         "image_dir": str(args.images),
         "images": len(images),

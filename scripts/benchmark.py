@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]
         ),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_info(),
+        "machine": machine_info(device),
         "device": str(device),
         "data_dir": str(args.data_dir),
         "attacks": len({p.attack for p in pairs}),

@@ -193,12 +193,14 @@ def short_description(description: str) -> str:
     return re.sub(r"timesteps=\[([0-9, ]*)\]", cut, description)
 
 
-def _bfloat16_note(machine: Mapping[str, Any]) -> str:
-    """``", CPU with native bfloat16"`` (what ``precision="auto"`` uses) or ``", CPU without
-    native bfloat16"``; empty for records made before the field existed."""
+def _bfloat16_note(machine: Mapping[str, Any], device: str = "cpu") -> str:
+    """``", CPU with native bfloat16"`` (what ``precision="auto"`` uses; "GPU" for a CUDA
+    ``device``) or ``", CPU without native bfloat16"``; empty for records made before the
+    field existed."""
     if "native_bfloat16" not in machine:
         return ""
-    return f", CPU {'with' if machine['native_bfloat16'] else 'without'} native bfloat16"
+    kind = "GPU" if str(device).startswith("cuda") else "CPU"
+    return f", {kind} {'with' if machine['native_bfloat16'] else 'without'} native bfloat16"
 
 
 def render_markdown(
@@ -206,6 +208,7 @@ def render_markdown(
 ) -> str:
     """``BENCHMARKS.md``: command, date, machine, summary, targets, per-attack tables."""
     machine = meta["machine"]
+    bfloat16 = _bfloat16_note(machine, meta["device"])
     timing = ", ".join(f"{k}: {v:.3f} s" for k, v in meta["linearity_seconds"].items())
     lines = [
         "# Benchmarks",
@@ -216,7 +219,7 @@ def render_markdown(
         f"- Date: {meta['date']}",
         f"- Machine: {machine['cores']} cores ({machine['processor']}), "
         f"{machine['torch_threads']} torch threads, {machine['platform']}, "
-        f"torch {machine['torch']}, device {meta['device']}{_bfloat16_note(machine)}",
+        f"torch {machine['torch']}, device {meta['device']}{bfloat16}",
         f"- Data: `{meta['data_dir']}`: {meta['attacks']} attacks, "
         f"{meta['images_per_attack']} images per attack; metric: {meta['metric']}",
         f"- Seed {meta['seed']}; batch size {meta['batch_size']}; "

@@ -30,6 +30,7 @@ from torch import nn
 
 from defenses.chain import ChainedDefense
 from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
+from devices import synchronize
 from diffusion.precision import has_native_bfloat16
 from image_io import load_image
 from model import IQAModel
@@ -161,12 +162,12 @@ def linearity_seconds(
         for height, width in sorted(set(sizes)):
             image = torch.rand((1, 3, height, width), generator=generator).to(device)
             model(image)
+            synchronize(device)  # the warm-up's queued work is not timed
             times = []
             for _ in range(repeats):
                 start = perf_counter()
                 model(image)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
+                synchronize(device)
                 times.append(perf_counter() - start)
             seconds[(height, width)] = statistics.median(times)
             logger.info("Linearity forward %dx%d: %.3f s", height, width, seconds[(height, width)])
@@ -482,13 +483,15 @@ def run_benchmark(
 # --- small helpers --------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The machine a run measured on; ``native_bfloat16`` is that of ``device`` (what
+    ``precision="auto"`` chose there)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "native_bfloat16": has_native_bfloat16(torch.device("cpu")),
+        "native_bfloat16": has_native_bfloat16(torch.device(device)),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -218,6 +218,7 @@ class DenoiserRun:
         self.model_config = {k: v for k, v in model.config.items() if not k.startswith("_")}
         model, optimizer = self.accelerator.prepare(model, optimizer)
         self.ema, self.progress = ema, TrainingProgress(generator)
+        ema.to(self.accelerator.device)  # built from the parameters before prepare moved them
         self.accelerator.register_for_checkpointing(ema, self.progress)
         if self.args.resume:
             resume = self.args.resume
@@ -234,7 +235,7 @@ class DenoiserRun:
                     f"--resume {resume}: {checkpoint} holds a network of another shape than "
                     f"this run's {shape}; give the shape flags (or --init) the run started with"
                 ) from None
-            ema.to(self.accelerator.device)
+            ema.to(self.accelerator.device)  # load_state restores it where it was saved
             self.logger.info("resumed from %s at step %d", checkpoint, self.progress.step)
         self._seconds_before = self.progress.seconds
         self._session_start = time.monotonic()

@@ -320,9 +320,10 @@ class Validation:
     ) -> None:
         if len(labels) != len(attacked):
             raise ValueError(f"{len(labels)} labels for {len(attacked)} attacked crops")
+        clean, attacked = clean.to(metric.device), attacked.to(metric.device)
         self.metric, self.clean, self.attacked, self.seed = metric, clean, attacked, seed
         self.rows = {
-            label: torch.tensor([name == label for name in labels])
+            label: torch.tensor([name == label for name in labels], device=clean.device)
             for label in dict.fromkeys(labels)
         }  # each attack's crops, in the order the attacks come
         with torch.no_grad():
@@ -336,6 +337,7 @@ class Validation:
         scheduler, timesteps = make_scheduler(
             "ddpm", VALIDATION_T_STAR, VALIDATION_STEPS, "uniform", scheduler_config
         )
+        model = model.to(self.clean.device)  # an EMA copy is made on the CPU
         results = {"undefended_gain": round(self.undefended, 3)}
         outputs = {}
         with torch.no_grad():
@@ -362,7 +364,7 @@ def validation_set(
     """Centre crops of ``paths`` attacked by each of ``attacks`` (defaults, seeded):
     ``(clean, attacked, labels)``, images ``(N * attacks, 3, s, s)`` in [0, 1] and each
     row's attack name. An attack's seed depends on its name, not on the list."""
-    clean = centre_crops(paths, size)
+    clean = centre_crops(paths, size).to(metric.device)
     attacked, labels = [], []
     for name in tqdm(attacks, desc="validation attacks"):
         generator = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSETS[name])
@@ -505,7 +507,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
             clean, attacked, names = fixed.crops(count, args.crop, generator)
             name = ",".join(sorted(set(names)))
         else:
-            clean = (crops.batch(count) + 1.0) / 2.0
+            clean = (crops.batch(count).to(run.device) + 1.0) / 2.0
             attacked, name = pick(attack_sets, generator).attack(clean, generator)
         pool.add(clean, attacked, name)
 

@@ -333,7 +333,10 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
         len(clive_crops),
     )
 
-    accelerator = Accelerator(cpu=args.device == "cpu", project_dir=str(args.run_dir))
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate trains on the current CUDA device
+    accelerator = Accelerator(cpu=device.type == "cpu", project_dir=str(args.run_dir))
     model = PerturbationDetector()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     progress = TrainingProgress(data_generator)

@@ -294,7 +294,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
             ["python", "scripts/tune.py", *(sys.argv[1:] if argv is None else argv)]
         ),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_info(),
+        "machine": machine_info(args.device),
     }
     return provenance
 
