@@ -39,7 +39,7 @@ class Defense:
     Images up to ``tile`` pixels on both sides are processed whole (in float32 about 340 bytes
     per pixel without autograd, ~1.4 GB at 2048 x 2048; about 2.3 KB per pixel with
     autograd); larger ones in overlapping ``tile x tile`` tiles blended without seams
-    (``purifier.tiled_apply``; a 4000 x 3000 photo peaks at 2.5 GiB with bfloat16, 3.1 GiB in
+    (``purifier.tiling``; a 4000 x 3000 photo peaks at 2.5 GiB with bfloat16, 3.1 GiB in
     float32, 0.6 of it the start noise of the 4 runs drawn for the whole photo so that the
     tiles share it; 3.9 GB whole in float32). Knobs left as None take
     their default from ``purifier/defaults.json`` (written by ``scripts/tune.py``; its record

@@ -17,13 +17,12 @@ images in [0, 1], so the attack's generator drives every noise draw.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from attacks.base import Attack
+from attacks.base import Attack, accepts_generator
 from attacks.registry import make_attack
 
 ADAPTIVE_MODES = ("full", "bpda")
@@ -37,7 +36,7 @@ def call_defense(
 ) -> torch.Tensor:
     """``defense(images, generator=generator)`` if it takes a generator, else
     ``defense(images)``."""
-    if generator is not None and _takes_generator(defense):
+    if generator is not None and accepts_generator(defense):
         return defense(images, generator=generator)
     return defense(images)
 
@@ -115,11 +114,3 @@ def adaptive_attack(
         return make_attack(attack, metric, **options)
     loop = defense_in_loop(defense, mode)
     return make_attack(attack, metric, defense=loop, eot_samples=eot_samples, **options)
-
-
-def _takes_generator(fn: object) -> bool:
-    target = getattr(fn, "forward", None) if isinstance(fn, torch.nn.Module) else fn
-    try:
-        return "generator" in inspect.signature(target).parameters  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from model import check_images
+from image_checks import check_images
 
 EOTTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``(x, generator) -> x'``: a random, differentiable transform of ``(B, 3, H, W)`` images."""
@@ -83,7 +83,7 @@ class Attack:
         self.eot_transform = eot_transform
         self.defense = defense
         self.metric_range = float(metric_range)
-        self._defense_takes_generator = _accepts_generator(defense)
+        self._defense_takes_generator = accepts_generator(defense)
 
     # ----------------------------------------------------------------- public API
     def __call__(
@@ -201,7 +201,8 @@ def _module_modes(obj: object) -> list[tuple[nn.Module, bool]]:
     return []
 
 
-def _accepts_generator(fn: object) -> bool:
+def accepts_generator(fn: object) -> bool:
+    """Whether ``fn`` (a function or an ``nn.Module``'s forward) takes ``generator=``."""
     if fn is None:
         return False
     if isinstance(fn, nn.Module):  # Module.__call__ hides forward's signature

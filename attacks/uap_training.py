@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from attacks.base import check_int, check_number
-from image_io import load_image
+from image_io import load_image, random_window
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ class UAPTrainingResult:
 
 def random_crop(image: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """A ``(3, size, size)`` crop of ``(3, H, W)`` at a position drawn from ``generator``."""
-    h, w = image.shape[-2:]
-    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    top, left = random_window(image, size, generator)
     return image[:, top : top + size, left : left + size]
 
 

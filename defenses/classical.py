@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from devices import resolve_device
+from image_checks import check_images
 from image_io import jpeg_round_trip
-from model import check_images
 
 
 class ClassicalDefense:

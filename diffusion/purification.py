@@ -15,7 +15,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
 from diffusion.noise import sigma_to_timestep
-from model import check_images
+from image_checks import check_images
 
 
 def make_generator(seed_or_generator: torch.Generator | int | None) -> torch.Generator:

@@ -15,7 +15,7 @@ from torch import nn
 from devices import resolve_device
 from diffusion import load_denoiser, make_generator, purify
 from diffusion.precision import compute_dtype
-from model import check_images
+from image_checks import check_images
 from purifier.config import PurifierConfig, check_config, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
 from purifier.tiling import fits_one_tile, tiled_apply_windows
@@ -145,11 +145,12 @@ class DiffusionPurifier:
         desc: str | None = None,
     ) -> torch.Tensor:
         """``__call__`` with images larger than ``tile`` purified in overlapping tiles
-        (``purifier.tiled_apply``, ``desc`` names its progress bar); gate and noise level are
-        decided on each whole image, so all tiles of a photo are treated alike. The start noise
-        of each run is drawn once for the whole image and each tile takes its crop, so the
-        overlaps blend one noise field, not two independent ones (which would leave bands of
-        lower grain along the seams). Later steps of a multi-step DDPM chain draw per tile."""
+        (``purifier.tiling.tiled_apply_windows``, ``desc`` names its progress bar); gate and
+        noise level are decided on each whole image, so all tiles of a photo are treated
+        alike. The start noise of each run is drawn once for the whole image and each tile
+        takes its crop, so the overlaps blend one noise field, not two independent ones (which
+        would leave bands of lower grain along the seams). Later steps of a multi-step DDPM
+        chain draw per tile."""
         check_generator(generator)
 
         def purify_tiles(x: torch.Tensor, t_star: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from cli_options import positive_int, report_file, run_main  # noqa: E402
 from image_io import ImageReadError, list_folders, list_images, load_image  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import PerturbationDetector, load_detector, newest_detector  # noqa: E402
+
+logger = logging.getLogger("eval_detector")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +98,7 @@ def estimate_paths(
         try:
             image = load_image(path)
         except ImageReadError as err:
-            print(f"skipped {err}", file=sys.stderr)
+            logger.warning("skipped %s", err)
             continue
         values.append(float(detector.estimate(image[None])[0]))
         truth = None if references is None else true_strength(image, references / path.name)
@@ -141,6 +144,7 @@ def table(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     folder = args.detector or newest_detector(WEIGHTS_DIR)
     detector = load_detector(folder)

@@ -48,7 +48,7 @@ import diffusers  # noqa: E402
 import torch  # noqa: E402
 
 from atomic_write import default_folder_mode  # noqa: E402
-from diffusion.precision import PRECISIONS  # noqa: E402
+from cli_options import add_purifier_knobs  # noqa: E402
 from paths import ROOT, WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
     PurifierConfig,
@@ -59,7 +59,6 @@ from purifier import (  # noqa: E402
 from purifier.config import config_from_options  # noqa: E402
 from purifier.perturbation_detector import RELEASE_PATTERN as RELEASE_DETECTOR  # noqa: E402
 from purifier.weights import RELEASE_PATTERN  # noqa: E402
-from schedulers import SAMPLERS, SPACINGS  # noqa: E402
 from scripts.submission_source import (  # noqa: E402
     bundle_import_problems,
     prune_init,
@@ -85,12 +84,9 @@ RUNTIME_MODULES = {
     ),
 }
 RUNTIME_FILES = ("weights_manifest", "image_checks", "atomic_write", "devices")
-# Project module -> bundled module. The bundle has no ``model``: the competition brings its
-# own, so ``from model import check_images`` (the older spelling) goes to image_checks.
-IMPORT_MAP = {
-    **{name: f"{RUNTIME_PACKAGE}.{name}" for name in (*RUNTIME_MODULES, *RUNTIME_FILES)},
-    "model": f"{RUNTIME_PACKAGE}.image_checks",
-}
+# Project module -> bundled module. The bundle has no ``model`` (the competition brings its
+# own): a bundled file that imported it would be named by ``bundle_import_problems``.
+IMPORT_MAP = {name: f"{RUNTIME_PACKAGE}.{name}" for name in (*RUNTIME_MODULES, *RUNTIME_FILES)}
 THIRD_PARTY = ("torch", "diffusers", "safetensors", "tqdm")  # safetensors comes with diffusers
 DEFAULTS_NAME = "defaults.json"
 BUNDLE_INFO = "bundle.json"
@@ -390,26 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="replace a bundle written before")
     knobs = parser.add_argument_group("knobs baked into the bundle (default: project defaults)")
-    knobs.add_argument("--t-star", type=int, default=None, help="noise level (training step)")
-    knobs.add_argument("--steps", type=int, default=None, help="reverse diffusion steps")
-    knobs.add_argument("--sampler", choices=SAMPLERS, default=None)
-    knobs.add_argument("--spacing", choices=SPACINGS, default=None)
-    knobs.add_argument("--ensemble", type=int, default=None, help="average N stochastic runs")
-    knobs.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
-    knobs.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
-    knobs.add_argument("--gate", type=float, default=None, help="detector gate (0: off)")
-    knobs.add_argument(
-        "--t-star-max", type=int, default=None, help="noise-level ramp's top (0: fixed t_star)"
-    )
-    knobs.add_argument(
-        "--strength-ramp", type=float, default=None, help="estimate (1/255) at t_star_max"
-    )
-    knobs.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="denoiser arithmetic (auto: bfloat16 where the hardware has it)",
-    )
+    add_purifier_knobs(knobs)
     return parser
 
 

@@ -21,7 +21,6 @@ only on the run seed, the attack and the image name. One progress bar and one su
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -45,6 +44,7 @@ from cli_options import device_name  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from image_io import centre_crop, list_images, load_image, save_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
+from seeds import name_seed  # noqa: E402
 
 logger = logging.getLogger("make_dataset")
 
@@ -74,12 +74,6 @@ class DatasetSummary:
             for name, gains in part.gains.items():
                 total.gains.setdefault(name, []).extend(gains)
         return total
-
-
-def job_seed(seed: int, attack: str, name: str) -> int:
-    """A seed per (run seed, attack, image name), stable across runs and platforms."""
-    digest = hashlib.sha256(f"{seed}/{attack}/{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def parse_attacks(spec: str | Sequence[str] | None) -> list[str]:
@@ -228,7 +222,7 @@ def make_dataset(
             for attack_name in todo:
                 bar.set_postfix_str(f"{attack_name} {name}")
                 generator = torch.Generator(device=device)
-                generator.manual_seed(job_seed(seed, attack_name, name))
+                generator.manual_seed(name_seed(seed, f"{attack_name}/{name}"))
                 adv = built[attack_name](images, generator)
                 save_image(adv[0], targets[attack_name])
                 with torch.no_grad():

@@ -28,7 +28,6 @@ single-process run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 import time
@@ -41,9 +40,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli_options import device_name, positive_int  # noqa: E402
+from cli_options import add_purifier_knobs, device_name, positive_int  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
-from diffusion.precision import PRECISIONS  # noqa: E402
 from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
 from paths import WEIGHTS_DIR  # noqa: E402
 from purifier import (  # noqa: E402
@@ -61,7 +59,7 @@ from purifier.folder_plan import (  # noqa: E402
     pixel_counts,
     plan_folder,
 )
-from schedulers import SAMPLERS, SPACINGS  # noqa: E402
+from seeds import name_seed  # noqa: E402
 
 logger = logging.getLogger("purify")
 MIN_TILE = 16
@@ -94,39 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--device", type=device_name, default="cpu", help="torch device (default: cpu)"
     )
     parser.add_argument("--batch-size", type=int, default=1, help="same-size images per batch")
-    parser.add_argument("--t-star", type=int, default=None, help="noise level (training step)")
-    parser.add_argument("--steps", type=int, default=None, help="reverse diffusion steps")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=None)
-    parser.add_argument("--spacing", choices=SPACINGS, default=None)
-    parser.add_argument("--ensemble", type=int, default=None, help="average N stochastic runs")
-    parser.add_argument("--unsharp-amount", type=float, default=None, help="0 disables")
-    parser.add_argument("--unsharp-radius", type=float, default=None, help="blur std in px")
-    parser.add_argument(
-        "--gate",
-        type=float,
-        default=None,
-        help="leave images whose estimated perturbation (RMS, 1/255) is below this; 0: off",
-    )
-    parser.add_argument(
-        "--t-star-max",
-        type=int,
-        default=None,
-        help="per-image noise level: rises from --t-star to this with the estimated "
-        "perturbation strength; 0: every image at --t-star",
-    )
-    parser.add_argument(
-        "--strength-ramp",
-        type=float,
-        default=None,
-        help="estimated perturbation (RMS, 1/255) at which --t-star-max is reached",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="denoiser arithmetic: auto (bfloat16 where the hardware runs it natively), "
-        "float32 (identical results across machines) or bfloat16",
-    )
+    add_purifier_knobs(parser)
     parser.add_argument(
         "--seed",
         type=int,
@@ -265,14 +231,6 @@ def run(
     return 1 if failed else 0
 
 
-def image_seed(seed: int, key: str) -> int:
-    """Seed of one image's noise from the run ``seed`` and its relative path ``key``; stable
-    across runs, batch sizes and platforms. A name that is not valid UTF-8 (its undecodable
-    bytes arrive as surrogates) is hashed as its original bytes."""
-    digest = hashlib.sha256(f"{seed}/{key}".encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def remove_leftover_temp_files(jobs: list[Job]) -> int:
     """Delete the temp files an interrupted ``save_image`` left beside the targets of ``jobs``
     (other files are never touched); returns how many were removed."""
@@ -298,7 +256,8 @@ def purify_batch(
 ) -> int:
     """Load, purify and save one batch of same-size images; returns how many were written.
     Unreadable images, a failed purification and unwritable files are logged and left out.
-    With a ``seed``, each image is purified alone with a generator seeded by ``image_seed``.
+    With a ``seed``, each image is purified alone with a generator seeded by ``seeds.name_seed``
+    of its relative path.
     ``progress``: show a bar over the tiles of large images."""
     loaded: list[tuple[Job, torch.Tensor]] = []
     for job in batch:
@@ -335,7 +294,7 @@ def purify_batch(
 
 
 def _generator(seed: int, key: str) -> torch.Generator:
-    return torch.Generator().manual_seed(image_seed(seed, key))
+    return torch.Generator().manual_seed(name_seed(seed, key))
 
 
 def _purify(

@@ -42,7 +42,7 @@ from diffusion import (  # noqa: E402
     training_scheduler,
 )
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
-from image_io import list_images, load_image, load_images_uint8  # noqa: E402
+from image_io import centre_crop, list_images, load_image, load_images_uint8  # noqa: E402
 from paths import default_data_dir  # noqa: E402
 from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
 from weights_manifest import verify_manifest  # noqa: E402
@@ -176,11 +176,7 @@ def centre_crops(paths: list[Path], size: int) -> torch.Tensor:
     """``(N, 3, s, s)`` centre crops in [0, 1], ``s`` = min(size, smallest side)."""
     images = [load_image(p) for p in paths]
     size = min([size] + [min(img.shape[-2:]) for img in images])
-    crops = []
-    for img in images:
-        top, left = (img.shape[1] - size) // 2, (img.shape[2] - size) // 2
-        crops.append(img[:, top : top + size, left : left + size])
-    return torch.stack(crops)
+    return torch.stack([centre_crop(img, size) for img in images])
 
 
 def validate(model: PixelUnshuffleUNet, images: torch.Tensor, seed: int) -> dict[str, float]:

@@ -92,13 +92,6 @@ def train_and_save(
     return result
 
 
-def load_metric(device: str, checkpoint: str | None) -> torch.nn.Module:
-    """``MetricModel`` from ``checkpoint`` (default: p1q2.pth beside model.py, else stand-in)."""
-    from model import MetricModel
-
-    return MetricModel(device, model_path=checkpoint)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -136,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    metric = load_metric(args.device, args.metric_checkpoint)
+    from model import MetricModel  # p1q2.pth beside model.py by default, else the stand-in
+
+    metric = MetricModel(args.device, model_path=args.metric_checkpoint)
     out = args.out or default_uap_dir(metric_tag(metric) or "metric")
     train_dir = (args.data or default_data_dir()) / "clean" / "train"
     argv_list = list(sys.argv[1:] if argv is None else argv)

@@ -314,8 +314,8 @@ def describe_tuning_set(tuning_dir: Path, pairs: Sequence[Any]) -> dict[str, Any
 
 
 def refuse_to_replace_hand_set_knobs(output: Path) -> None:
-    """ValueError when ``output``'s tuning record says some knobs were set by hand: the
-    tuner's pick would silently undo that decision."""
+    """ValueError when ``output``'s tuning record says some knobs were set by hand (the
+    tuner's pick would silently undo that decision), or cannot be read."""
     override = hand_set_knobs(output)
     if override is None:
         return

@@ -486,16 +486,21 @@ def provenance_path(defaults_path: str | Path) -> Path:
 
 def hand_set_knobs(defaults_path: str | Path) -> dict[str, Any] | None:
     """The ``manual_override`` entry of the tuning record beside ``defaults_path`` (knobs set
-    by hand over the tuner's choice, with the reason), or None when there is none."""
+    by hand over the tuner's choice, with the reason), or None when there is none.
+    ``ValueError`` for a record that cannot be read: it may hold such knobs."""
     record = provenance_path(defaults_path)
     if not record.is_file():
         return None
     try:
         provenance = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    override = provenance.get("manual_override") if isinstance(provenance, dict) else None
-    return override if isinstance(override, dict) else None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read the tuning record {record}: {err}") from None
+    if not isinstance(provenance, dict):
+        raise ValueError(f"the tuning record {record} is not a JSON object")
+    override = provenance.get("manual_override")
+    if override is not None and not isinstance(override, dict):
+        raise ValueError(f"{record}: 'manual_override' must be an object, got {override!r}")
+    return override
 
 
 def write_defaults(

@@ -22,8 +22,8 @@ from image_io import save_image
 from model import check_images
 from purifier import PurifierConfig
 from scripts.make_dataset import make_dataset
-from scripts.purify import image_seed
 from scripts.purify import main as purify_main
+from seeds import name_seed
 
 KNOBS = {"t_star": 20, "steps": 2}
 CONFIGS = {
@@ -164,15 +164,15 @@ def test_purify_cli_without_seed_draws_fresh_noise(tiny_weights: Path, tmp_path:
     assert first != _purify(tmp_path / "in", tmp_path / "two", tiny_weights)
 
 
-def test_image_seed_is_pinned() -> None:
+def test_name_seed_is_pinned() -> None:
     # sha256-based, so identical on every platform and Python version.
-    assert image_seed(0, "a.png") == image_seed(0, "a.png") != image_seed(0, "b.png")
-    assert image_seed(0, "a.png") != image_seed(1, "a.png")
-    assert image_seed(0, "sub/c.png") == 7274948308881731101
+    assert name_seed(0, "a.png") == name_seed(0, "a.png") != name_seed(0, "b.png")
+    assert name_seed(0, "a.png") != name_seed(1, "a.png")
+    assert name_seed(0, "sub/c.png") == 7274948308881731101
     raw = b"sub/bad\xffname.png"  # not UTF-8: os.fsdecode gives a surrogate for the byte
     expected = int.from_bytes(hashlib.sha256(b"0/" + raw).digest()[:8], "little") & (2**63 - 1)
-    assert image_seed(0, os.fsdecode(raw)) == expected
-    assert 0 <= image_seed(2**40, "x" * 300) < 2**63
+    assert name_seed(0, os.fsdecode(raw)) == expected
+    assert 0 <= name_seed(2**40, "x" * 300) < 2**63
 
 
 # --- attacks and make_dataset ----------------------------------------------------------------

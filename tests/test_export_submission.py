@@ -476,10 +476,13 @@ def test_default_weights_are_the_newest_release(
         export.export_submission(tmp_path / "other")
 
 
-def test_bad_knobs_are_refused(tiny_weights: Path, tmp_path: Path) -> None:
+def test_bad_knobs_are_refused(tiny_weights: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "sub"
-    with pytest.raises(SystemExit, match="steps must be an integer"):
+    with pytest.raises(SystemExit) as info:  # at parse time
         export.main(["--out", str(out), "--weights", str(tiny_weights), "--steps", "0"])
+    assert info.value.code == 2 and "--steps: must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unsharp_amount must be a finite number >= 0"):
+        export.main(["--out", str(out), "--weights", str(tiny_weights), "--unsharp-amount", "-1"])
     assert not out.exists()
 
 

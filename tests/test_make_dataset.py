@@ -12,7 +12,8 @@ from torch import nn
 import scripts.make_dataset as make_dataset_script
 from image_io import centre_crop, load_image, save_image
 from model import check_images
-from scripts.make_dataset import job_seed, make_dataset, parse_attacks, select_images
+from scripts.make_dataset import make_dataset, parse_attacks, select_images
+from seeds import name_seed
 
 ATTACKS = ["fgsm", "ifgsm"]
 
@@ -152,8 +153,8 @@ def test_images_in_sub_folders_are_counted_in_a_warning(tmp_path, caplog):
 def test_helpers():
     assert parse_attacks(None)[0] == "fgsm" and "uap" in parse_attacks(None)
     assert parse_attacks(" ifgsm, fgsm,ifgsm ") == ["ifgsm", "fgsm"]
-    assert job_seed(0, "fgsm", "a") == job_seed(0, "fgsm", "a") != job_seed(0, "fgsm", "b")
-    assert job_seed(0, "fgsm", "a") == 642700459753930449
+    assert name_seed(0, "fgsm/a") == name_seed(0, "fgsm/a") != name_seed(0, "fgsm/b")
+    assert name_seed(0, "fgsm/a") == 642700459753930449  # the seed of datasets made before
     image = torch.arange(3 * 5 * 4, dtype=torch.float32).view(3, 5, 4)
     assert torch.equal(centre_crop(image, 2), image[:, 1:3, 1:3])
     assert torch.equal(centre_crop(image, 10), image)

@@ -157,9 +157,13 @@ def test_bad_options_exit(tree: Path, tmp_path: Path, weights: Path, bad: list[s
         run(tree, tmp_path / "out", weights, *bad)
 
 
-def test_bad_knob_is_reported(tree: Path, tmp_path: Path, weights: Path, caplog) -> None:
-    assert run(tree, tmp_path / "out", weights, "--ensemble", "0") == 2
-    assert "ensemble" in caplog.text
+def test_bad_knob_is_reported(tree: Path, tmp_path: Path, weights: Path, caplog, capsys) -> None:
+    with pytest.raises(SystemExit) as info:  # a count that cannot run: at parse time
+        run(tree, tmp_path / "out", weights, "--ensemble", "0")
+    assert info.value.code == 2 and "--ensemble: must be an integer >= 1" in capsys.readouterr().err
+    assert run(tree, tmp_path / "out", weights, "--unsharp-amount", "-1") == 2  # the config's
+    assert "unsharp_amount must be a finite number >= 0" in caplog.text
+    assert not (tmp_path / "out").exists()
 
 
 def test_tiled_run_keeps_sizes(tmp_path: Path, weights: Path) -> None:

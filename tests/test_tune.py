@@ -429,11 +429,23 @@ def test_cli_keeps_hand_set_knobs_unless_forced(cli_env: dict) -> None:
     assert "manual_override" not in json.loads((out / "defaults.provenance.json").read_text())
 
 
-@pytest.mark.parametrize("text", ["{broken", "[1]", '{"manual_override": 3}'])
-def test_an_unreadable_record_holds_no_hand_set_knobs(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{broken", "cannot read the tuning record"),
+        ("[1]", "is not a JSON object"),
+        ('{"manual_override": 3}', "'manual_override' must be an object"),
+    ],
+)
+def test_an_unreadable_record_is_refused_not_taken_for_no_hand_set_knobs(
+    tmp_path: Path, text: str, message: str
+) -> None:
     (tmp_path / "defaults.provenance.json").write_text(text)
-    assert hand_set_knobs(tmp_path / "defaults.json") is None
+    with pytest.raises(ValueError, match=message):
+        hand_set_knobs(tmp_path / "defaults.json")
     assert hand_set_knobs(tmp_path / "missing" / "defaults.json") is None
+    (tmp_path / "defaults.provenance.json").write_text('{"search": {}}')
+    assert hand_set_knobs(tmp_path / "defaults.json") is None
 
 
 def test_the_shipped_defaults_are_guarded() -> None:
