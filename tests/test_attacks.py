@@ -195,34 +195,43 @@ def test_bad_generator_and_inference_mode_raise(metric, images):
 
 
 @pytest.mark.parametrize(
-    "name, options",
+    "name, options, reason",
     [
-        ("nope", {}),
-        ("ifgsm", {"eps": -0.1}),
-        ("ifgsm", {"eps": float("nan")}),
-        ("ifgsm", {"steps": 0}),
-        ("ifgsm", {"steps": 2.5}),
-        ("ifgsm", {"alpha": 0.0}),
-        ("ifgsm", {"eot_samples": 0}),
-        ("ifgsm", {"eot_transform": 3}),
-        ("ifgsm", {"defense": "blur"}),
-        ("ifgsm", {"not_an_option": 1}),
-        ("fgsm", {"steps": 3}),
-        ("mifgsm", {"momentum": -1.0}),
-        ("amifgsm", {"alpha": 0.1}),
-        ("amifgsm", {"budget_fn": 1.0}),
-        ("madc", {"steps": 0}),
-        ("zhang-ssim", {"ssim_weight": -1.0}),
-        ("korhonen", {"eps": 8 / 255}),
-        ("adv-cf", {"pieces": 0}),
-        ("ssah", {"lf_weight": -1.0}),
-        ("uap", {"mode": "stretch", "perturbation": torch.zeros(3, 4, 4)}),
-        ("uap", {"perturbation": torch.zeros(4, 4)}),
-        ("uap", {"perturbation": torch.zeros(3, 4, 4), "path": "x"}),
+        ("nope", {}, "unknown attack 'nope'"),
+        ("ifgsm", {"eps": -0.1}, r"eps must be finite and >= 0"),
+        ("ifgsm", {"eps": float("nan")}, r"eps must be finite and >= 0"),
+        ("ifgsm", {"steps": 0}, r"steps must be an integer >= 1"),
+        ("ifgsm", {"steps": 2.5}, r"steps must be an integer >= 1"),
+        ("ifgsm", {"alpha": 0.0}, r"alpha must be finite and > 0"),
+        ("ifgsm", {"eot_samples": 0}, r"eot_samples must be an integer >= 1"),
+        ("ifgsm", {"eot_transform": 3}, "eot_transform must be callable"),
+        ("ifgsm", {"defense": "blur"}, "defense must be callable"),
+        ("ifgsm", {"not_an_option": 1}, "bad options for attack 'ifgsm'.*not_an_option"),
+        ("fgsm", {"steps": 3}, "FGSM is a single step"),
+        ("mifgsm", {"momentum": -1.0}, r"momentum must be finite and >= 0"),
+        ("amifgsm", {"alpha": 0.1}, r"AMIFGSM derives its step from the budget"),
+        ("amifgsm", {"budget_fn": 1.0}, "budget_fn must be callable"),
+        ("madc", {"steps": 0}, r"steps must be an integer >= 1"),
+        ("zhang-ssim", {"ssim_weight": -1.0}, r"ssim_weight must be finite and >= 0"),
+        ("korhonen", {"eps": 8 / 255}, r"korhonen has no eps bound"),
+        ("adv-cf", {"pieces": 0}, r"pieces must be an integer >= 1"),
+        ("ssah", {"lf_weight": -1.0}, r"lf_weight must be finite and >= 0"),
+        (
+            "uap",
+            {"mode": "stretch", "perturbation": torch.zeros(3, 4, 4)},
+            "mode must be one of",
+        ),
+        ("uap", {"perturbation": torch.zeros(4, 4)}, r"must be a \(3, H, W\) tensor"),
+        (
+            "uap",
+            {"perturbation": torch.zeros(3, 4, 4), "path": "x"},
+            "either perturbation= or path=",
+        ),
     ],
 )
-def test_bad_options_raise_value_error(name, options, metric):
-    with pytest.raises(ValueError):
+def test_bad_options_raise_value_error(name, options, reason, metric):
+    """Each bad option is refused for its own reason (not a generic wrapped TypeError)."""
+    with pytest.raises(ValueError, match=reason):
         make_attack(name, metric, **options)
 
 
@@ -545,3 +554,222 @@ def test_train_uap_cli_refuses_bad_options(extra, capsys):
         build_parser().parse_args(extra)
     assert info.value.code == 2
     assert extra[0] in capsys.readouterr().err
+
+
+# ------------------------------------------- pinned updates and penalty weights
+class ScriptedLinearMetric(nn.Module):
+    """``score = sum(G_k * x)`` on its ``k``-th call: the gradient changes from call to call."""
+
+    def __init__(self, grads: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.grads = grads
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.grads[self.calls]
+        self.calls += 1
+        return (x * g).flatten(1).sum(dim=1, keepdim=True)
+
+
+class QuadraticMetric(nn.Module):
+    """``score = -sum((x - target)^2)``: the gradient depends on where it is taken."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("target", target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -(x - self.target).square().flatten(1).sum(dim=1, keepdim=True)
+
+
+def linf_project(x: torch.Tensor, x0: torch.Tensor, eps) -> torch.Tensor:
+    return torch.minimum(torch.maximum(x, x0 - eps), x0 + eps).clamp(0, 1)
+
+
+def momentum_walk(x0, grads, alpha, eps, momentum, direction):
+    """The documented rule: ``g_t = direction(grad_t) + momentum * g_{t-1}``,
+    ``x <- project(x + alpha * sign(g_t))``."""
+    x, velocity = x0.clone(), torch.zeros_like(x0)
+    for grad in grads:
+        velocity = direction(grad) + momentum * velocity
+        x = linf_project(x + alpha * velocity.sign(), x0, eps)
+    return x
+
+
+def l1_normalised(grad: torch.Tensor) -> torch.Tensor:
+    return grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+
+
+def test_mifgsm_accumulates_momentum_of_changing_gradients():
+    x = mid_images()
+    gen = torch.Generator().manual_seed(7)
+    g0 = torch.randn(x.shape, generator=gen)
+    # The second gradient mostly undoes the first: only momentum keeps the first direction.
+    g1 = -0.5 * g0 + 0.3 * torch.randn(x.shape, generator=gen)
+    g2 = torch.randn(x.shape, generator=gen)
+    grads = [g0, g1, g2]
+    metric = ScriptedLinearMetric(grads)
+    alpha, eps = 4 / 255, 10 / 255
+    attack = make_attack("mifgsm", metric, steps=3, alpha=alpha, eps=eps, momentum=0.9)
+    adv = attack(x, torch.Generator().manual_seed(0))
+    assert metric.calls == 3  # one metric call per step (no EOT)
+
+    expected = x.clone()
+    velocity = g0
+    expected = linf_project(expected + alpha * velocity.sign(), x, eps)
+    velocity = g1 + 0.9 * velocity
+    expected = linf_project(expected + alpha * velocity.sign(), x, eps)
+    velocity = g2 + 0.9 * velocity
+    expected = linf_project(expected + alpha * velocity.sign(), x, eps)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert torch.allclose(momentum_walk(x, grads, alpha, eps, 0.9, lambda g: g), expected)
+    without_momentum = momentum_walk(x, grads, alpha, eps, 0.0, lambda g: g)
+    assert (without_momentum - expected).abs().max() > 1 / 255  # momentum matters here
+
+
+def test_amifgsm_normalises_gradients_and_steps_eps_over_steps():
+    x = mid_images()
+    gen = torch.Generator().manual_seed(8)
+    # Gradient magnitudes differ wildly between steps and between the two images.
+    scales = [torch.tensor([50.0, 0.02]), torch.tensor([1.0, 3.0]), torch.tensor([0.1, 40.0])]
+    grads = [s.view(2, 1, 1, 1) * torch.randn(x.shape, generator=gen) for s in scales]
+    metric = ScriptedLinearMetric(grads)
+    adv = make_attack("amifgsm", metric, steps=3, momentum=1.0)(x)
+    assert metric.calls == 3
+    eps = 10 / 255
+    expected = x.clone()
+    velocity = torch.zeros_like(x)
+    for grad in grads:
+        velocity = l1_normalised(grad) + velocity
+        expected = linf_project(expected + eps / 3 * velocity.sign(), x, eps)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    # Both documented details change the result for these gradients.
+    unnormalised = momentum_walk(x, grads, eps / 3, eps, 1.0, lambda g: g)
+    full_step = momentum_walk(x, grads, eps, eps, 1.0, l1_normalised)
+    assert (unnormalised - expected).abs().max() > 1 / 255
+    assert (full_step - expected).abs().max() > 1 / 255
+
+
+def test_amifgsm_two_steps_with_a_per_image_budget():
+    x = mid_images()
+    gen = torch.Generator().manual_seed(9)
+    scales = [torch.tensor([30.0, 0.05]), torch.tensor([1.0, 2.0])]
+    grads = [s.view(2, 1, 1, 1) * torch.randn(x.shape, generator=gen) for s in scales]
+    budgets = torch.tensor([4 / 255, 8 / 255])
+    metric = ScriptedLinearMetric(grads)
+    adv = make_attack("amifgsm", metric, steps=2, momentum=0.5, budget_fn=lambda imgs: budgets)(x)
+    eps = budgets.view(2, 1, 1, 1)
+    v1 = l1_normalised(grads[0])
+    x1 = linf_project(x + eps / 2 * v1.sign(), x, eps)
+    v2 = l1_normalised(grads[1]) + 0.5 * v1
+    expected = linf_project(x1 + eps / 2 * v2.sign(), x, eps)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    unnormalised = momentum_walk(x, grads, eps / 2, eps, 0.5, lambda g: g)
+    assert (unnormalised - expected).abs().max() > 1 / 255
+
+
+def half_flat_images() -> torch.Tensor:
+    """Left half a flat grey 0.5, right half textured (mid-range noise)."""
+    gen = torch.Generator().manual_seed(10)
+    x = torch.full((2, 3, 16, 16), 0.5)
+    x[..., 8:] = 0.3 + 0.4 * torch.rand(2, 3, 16, 8, generator=gen)
+    return x
+
+
+def test_korhonen_leaves_flat_regions_untouched():
+    x = half_flat_images()
+    mask = spatial_activity_map(x)
+    assert mask[..., :4].eq(0).all()  # far enough from the texture: no activity at all
+    metric = LinearMetric(x.shape[1:], seed=3)
+    adv = make_attack("korhonen", metric)(x, torch.Generator().manual_seed(0))
+    assert torch.equal(adv[..., :4], x[..., :4])
+    textured = (adv - x)[..., 9:15].abs()
+    assert (textured > 1e-4).float().mean() > 0.9
+    assert (metric(adv) > metric(x)).all()
+
+
+def test_korhonen_adam_walks_the_masked_perturbation():
+    """Pinned against the documented rule: Adam on ``delta`` maximising
+    ``score(clip(x0 + m * delta)) / metric_range`` with ``m`` the activity map."""
+    x = half_flat_images()
+    gen = torch.Generator().manual_seed(11)
+    metric = QuadraticMetric(x + 0.012 * torch.randn(x.shape, generator=gen))
+    steps, lr = 6, 0.005
+    adv = make_attack("korhonen", metric, steps=steps, alpha=lr)(x)
+
+    mask = spatial_activity_map(x)
+    delta = torch.zeros_like(x, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = -metric((x + mask * delta).clamp(0, 1)).sum() / 100.0
+        loss.backward()
+        optimizer.step()
+    expected = (x + mask * delta.detach()).clamp(0, 1)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    partial = (mask > 0.05) & (mask < 0.95)
+    assert partial.float().mean() > 0.1  # the mask really scales many pixels
+
+
+class ProjectedFeatures:
+    """Toy features for SSAH: a fixed random projection of the image to 16 numbers."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int = 3) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.projection = torch.randn(math.prod(shape), 16, generator=gen)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.projection
+
+
+def run_weighted(name: str, metric, x, **options) -> torch.Tensor:
+    return make_attack(name, metric, **options)(x, torch.Generator().manual_seed(0))
+
+
+def test_ssah_low_frequency_weight_keeps_the_low_band(metric, images):
+    free = run_weighted("ssah", metric, images, lf_weight=0.0)
+    held = run_weighted("ssah", metric, images, lf_weight=1000.0)
+    assert not torch.allclose(free, held, atol=1e-4)
+
+    def lf_change(adv):
+        return (low_frequency(adv) - low_frequency(images)).abs().mean()
+
+    assert lf_change(held) < 0.5 * lf_change(free)
+
+
+def test_ssah_feature_weight_pushes_features_away(metric, images):
+    features = ProjectedFeatures(images.shape[1:])
+    clean = features(images)
+
+    def similarity(adv):
+        return F.cosine_similarity(features(adv), clean, dim=1)
+
+    options = dict(feature_fn=features, lf_weight=0.0)
+    plain = run_weighted("ssah", metric, images, feature_weight=0.0, **options)
+    pushed = run_weighted("ssah", metric, images, feature_weight=10.0, **options)
+    assert not torch.allclose(plain, pushed, atol=1e-4)
+    assert (similarity(pushed) < similarity(plain) - 0.05).all()
+
+
+def test_zhang_ssim_weight_keeps_ssim_high(metric, images):
+    free = run_weighted("zhang-ssim", metric, images, ssim_weight=0.0)
+    held = run_weighted("zhang-ssim", metric, images, ssim_weight=100.0)
+    assert not torch.allclose(free, held, atol=1e-4)
+    assert (ssim(held, images) > ssim(free, images) + 1e-3).all()
+
+
+def test_adv_cf_regulariser_keeps_the_curve_near_identity(metric):
+    pieces = 8
+    gen = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 3, 16, 16, generator=gen)
+    levels = torch.arange(pieces + 1) / pieces  # the knots: the output there is the curve
+    x[..., 0, : pieces + 1] = levels
+
+    def deviation(adv):  # curve_deviation, read off the filtered knots
+        knots = adv[..., 0, 1 : pieces + 1]
+        return (knots - levels[1:]).square().mean(dim=(1, 2))
+
+    free = run_weighted("adv-cf", metric, x, pieces=pieces, reg_weight=0.0)
+    held = run_weighted("adv-cf", metric, x, pieces=pieces, reg_weight=1000.0)
+    assert not torch.allclose(free, held, atol=1e-4)
+    assert (deviation(held) < 0.5 * deviation(free)).all()

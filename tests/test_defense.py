@@ -317,6 +317,20 @@ def test_unsharp_mask_contract() -> None:
         unsharp_mask(x, -1.0, 1.0)
     with pytest.raises(ValueError, match="sigma"):
         gaussian_blur(x, 0.0)
+    with pytest.raises(ValueError, match=r"expected \(B, C, H, W\)"):
+        unsharp_mask(x[0], 1.0, 1.0)
+
+
+def test_unsharp_mask_pinned_on_an_impulse() -> None:
+    """``x + a (x - blur(x, r))`` at the centre of a 0.2 impulse on 0.4: the radius sets how
+    much of the impulse the blur keeps (0.39905^2 at r = 1, 0.19968^2 at r = 2)."""
+    x = torch.full((1, 1, 15, 15), 0.4, dtype=torch.float64)
+    x[..., 7, 7] = 0.6
+    for radius, centre in ((1.0, 0.3990503), (2.0, 0.1996756)):
+        blurred_peak = 0.4 + 0.2 * centre**2
+        expected = 0.6 + 0.5 * (0.6 - blurred_peak)
+        out = unsharp_mask(x, 0.5, radius)
+        assert abs(out[0, 0, 7, 7].item() - expected) < 1e-6, radius
 
 
 def test_large_images_are_purified_in_tiles(weights: Path) -> None:

@@ -382,3 +382,138 @@ def test_end_to_end_with_p1q2_checkpoint(tmp_path: Path, p1q2_checkpoint: Path) 
     # Same references in both attacks: identical source scores, and so their mean.
     assert sources[0] == pytest.approx(sources[1], rel=1e-6)
     assert sources[2] == pytest.approx(sources[0], rel=1e-6)
+
+
+# --- what the mutation audit found unpinned (stop 27) ----------------------------------------
+
+
+def test_main_uses_the_checkpoint_defense_and_detail_level_given(
+    harness, tmp_path: Path, p1q2_checkpoint: Path
+) -> None:
+    from model import MetricModel
+
+    data_dir = make_dataset(tmp_path / "data")
+    checkpoint_dir = tmp_path / "ckpt"
+    checkpoint_dir.mkdir()
+    (checkpoint_dir / "p1q2.pth").symlink_to(p1q2_checkpoint)
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(data_dir), "--output_dir", str(out), "--no_progress"]
+    argv += ["--checkpoint_dir", str(checkpoint_dir), "--defense", "none"]
+    assert harness.main([*argv, "--score_detail_level", "simple"]) == 0
+    assert not (out / "scores.csv").exists()
+    scores = json.loads((out / "scores.json").read_text())
+    # the checkpoint given scores the references (the stand-in would give other numbers)
+    metric = MetricModel("cpu", p1q2_checkpoint).eval()
+    with torch.no_grad():
+        source = [
+            float(
+                metric(
+                    torch.from_numpy(read_rgb(data_dir / "reference" / name)).permute(2, 0, 1)[None]
+                )
+            )
+            for name in NAMES
+        ]
+    assert scores["Source Linearity"] == pytest.approx(np.mean(source), rel=1e-5)
+    # defense "none": the defended images are the attacked ones, PSNR/SSIM as computed by hand
+    expected = expected_rows(data_dir, lambda image: image)["All Attacks"]
+    for key in ("PSNR", "SSIM", "Quality Score"):
+        assert scores[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert scores["Defense Linearity"] == pytest.approx(scores["Attacked Linearity"], rel=1e-6)
+
+
+def test_size_batches_splits_each_size_group_by_the_batch_size(harness, tmp_path: Path) -> None:
+    data_dir = make_dataset(tmp_path / "data", {"img2.png": (24, 40)})
+    pairs = harness.collect_pairs(data_dir)
+    assert [(p.attack, p.attacked.name) for p in pairs] == [(a, n) for a in ATTACKS for n in NAMES]
+    assert harness.size_batches(pairs, 2) == [[0, 1], [3, 4], [2, 5]]
+    assert harness.size_batches(pairs, 1) == [[0], [1], [3], [4], [2], [5]]
+
+
+def test_psnr_above_the_cap_is_capped_for_images_that_differ(harness) -> None:
+    reference = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    defended = reference.copy()
+    defended[0, 0, 0] += 1 / 255  # about 89 dB uncapped
+    assert peak_signal_noise_ratio(reference, defended, data_range=1) > 85
+    assert harness.psnr_ssim(reference, defended)[0] == 80.0
+
+
+def test_a_defense_that_edits_its_input_does_not_change_the_attacked_scores(
+    harness, tmp_path: Path
+) -> None:
+    data_dir = make_dataset(tmp_path / "data")
+
+    class InPlace:
+        def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+            return images.mul_(0.5)
+
+    records = harness.evaluate(
+        harness.collect_pairs(data_dir), InPlace(), BrightnessMetric(), progress=False
+    )
+    for record in records:
+        attacked = read_rgb(data_dir / "attacked" / record.attack / record.name)
+        assert record.attacked_score == pytest.approx(brightness_score(attacked), rel=1e-6)
+        assert record.defense_score == pytest.approx(brightness_score(attacked * 0.5), rel=1e-5)
+
+
+def test_a_larger_output_is_resized_down_with_antialiasing(harness, tmp_path: Path) -> None:
+    data_dir = make_dataset(tmp_path / "data")
+
+    class Double:
+        def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(images, scale_factor=2, mode="nearest")
+
+    records = harness.evaluate(
+        harness.collect_pairs(data_dir), Double(), BrightnessMetric(), progress=False
+    )
+    for record in records:
+        attacked = torch.from_numpy(read_rgb(data_dir / "attacked" / record.attack / record.name))
+        big = Double().apply_defense(attacked.permute(2, 0, 1)[None])
+        back = F.interpolate(big, size=(32, 32), mode="bilinear", antialias=True)
+        reference = read_rgb(data_dir / "reference" / record.name)
+        back_np = back[0].permute(1, 2, 0).numpy()
+        if np.array_equal(reference, back_np):
+            continue
+        psnr = peak_signal_noise_ratio(reference, back_np, data_range=1)
+        assert record.psnr == pytest.approx(psnr, rel=1e-6)
+
+
+def test_time_per_image_divides_a_batch_call_by_its_images(harness, tmp_path: Path) -> None:
+    import time
+
+    pairs = harness.collect_pairs(make_dataset(tmp_path / "data"))
+
+    class Slow:
+        def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.3)
+            return images
+
+    records = harness.evaluate(pairs, Slow(), BrightnessMetric(), batch_size=6, progress=False)
+    assert len({r.seconds for r in records}) == 1  # one call for the 6 images
+    assert 0.3 / 6 <= records[0].seconds < 0.3 / 2
+
+
+def test_the_harness_refuses_what_it_cannot_score(
+    harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pairs = harness.collect_pairs(make_dataset(tmp_path / "data"))
+
+    class DropsOne:
+        def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
+            return images[1:]
+
+    with pytest.raises(ValueError, match=r"returned 2 images for a batch of 3"):
+        harness.evaluate(pairs, DropsOne(), BrightnessMetric(), batch_size=3, progress=False)
+    with pytest.raises(ValueError, match="no image pairs to evaluate"):
+        harness.evaluate([], make_defense("none"), BrightnessMetric())
+    with pytest.raises(ValueError, match="no records to aggregate"):
+        harness.aggregate([])
+    records = harness.evaluate(pairs[:2], make_defense("none"), BrightnessMetric(), progress=False)
+    with pytest.raises(ValueError, match="score_detail_level must be 'full' or 'simple'"):
+        harness.write_scores(harness.aggregate(records), tmp_path / "out", "detailed")
+
+    def no_fallback(*args: object) -> None:
+        raise FileNotFoundError("no stand-in either")
+
+    monkeypatch.setattr(harness, "MetricModel", no_fallback)
+    with pytest.raises(ValueError, match="MetricModel's fallback failed: no stand-in either"):
+        harness.load_metric(tmp_path / "empty", torch.device("cpu"))

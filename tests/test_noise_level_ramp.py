@@ -32,6 +32,8 @@ def test_noise_level_rises_linearly_from_t_star_and_is_flat_above_the_ramp() -> 
     config = PurifierConfig(t_star=40, steps=1, t_star_max=120, strength_ramp=8.0)
     levels = [config.noise_level(s) for s in (0.0, 0.01, 1.0, 3.0, 4.0, 8.0, 20.0, -1.0)]
     assert levels == [40, 40, 50, 70, 80, 120, 120, 40]
+    # between two levels the nearest is taken (10 levels per 1/255 here)
+    assert [config.noise_level(s) for s in (0.04, 0.06, 2.96)] == [40, 41, 70]
 
 
 def test_without_a_ramp_every_image_gets_t_star() -> None:

@@ -100,6 +100,21 @@ def test_seed_makes_the_command_reproducible(tree: Path, tmp_path: Path, weights
         assert torch.equal(load_image(tmp_path / "one" / name), load_image(tmp_path / "two" / name))
 
 
+def test_seeded_noise_follows_the_relative_path_not_the_file_name(
+    tmp_path: Path, weights: Path
+) -> None:
+    source = tmp_path / "in"
+    for name in ("a.png", "sub/a.png", "other/a.png"):
+        save_image(random_image(16, 16, 0), source / name)  # the same pixels three times
+    assert run(source, tmp_path / "out", weights) == 0
+    first, second = (load_image(tmp_path / "out" / n) for n in ("a.png", "sub/a.png"))
+    assert not torch.equal(first, second)
+    # the same relative path gets the same noise whatever folder it is purified from
+    assert run(source / "sub", tmp_path / "alone", weights) == 0
+    assert not torch.equal(load_image(tmp_path / "alone" / "a.png"), second)
+    assert torch.equal(load_image(tmp_path / "alone" / "a.png"), first)
+
+
 @pytest.mark.parametrize("where", ["same", "inside"])
 def test_refuses_output_in_the_input_folder(
     tree: Path, weights: Path, where: str, caplog: pytest.LogCaptureFixture
@@ -227,6 +242,15 @@ def test_batches_group_same_sizes(tree: Path, tmp_path: Path) -> None:
 
 
 # --- tiling ----------------------------------------------------------------------------------
+
+
+def test_tiling_refuses_what_it_cannot_tile() -> None:
+    with pytest.raises(ValueError, match="length must be >= 1"):
+        tile_spans(0, 512, 32)
+    with pytest.raises(ValueError, match=r"expected \(B, C, H, W\)"):
+        tiled_apply(torch.zeros(3, 40, 40), lambda x: x, 16, 4)
+    with pytest.raises(ValueError, match=r"fn changed the tile shape"):
+        tiled_apply(torch.zeros(1, 3, 40, 40), lambda x: x[..., 1:], 16, 4)
 
 
 def test_tile_spans_pinned() -> None:

@@ -163,3 +163,11 @@ def test_short_purification_pinned(
     assert out.shape == images.shape
     assert abs(out.mean().item() - expected_mean) < 1e-4
     assert abs(out.std().item() - expected_std) < 1e-4
+
+
+def test_ddim_start_levels_need_a_grid() -> None:
+    from schedulers.timestep_spacing import ddim_t_stars
+
+    assert ddim_t_stars(1, num_train_timesteps=4) == [1, 3]
+    with pytest.raises(ValueError, match="no DDIM grid has 1 steps below a t_star < 1"):
+        ddim_t_stars(1, num_train_timesteps=1)

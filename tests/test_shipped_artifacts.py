@@ -64,7 +64,13 @@ def clean_and_noisy_scores(metric: MetricModel) -> tuple[float, float]:
     return clean_score, noisy_score
 
 
-def test_standin_metric_is_the_default_and_prefers_clean_over_noisy() -> None:
+def test_standin_metric_is_the_default_and_prefers_clean_over_noisy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import model
+
+    # a user's p1q2.pth beside model.py (as the README says) would be the default instead
+    monkeypatch.setattr(model, "default_checkpoint", lambda *args: tmp_path / "p1q2.pth")
     metric = MetricModel("cpu")
     assert metric.name == "standin" and metric.lower_better is False
     clean_score, noisy_score = clean_and_noisy_scores(metric)
@@ -127,6 +133,20 @@ def test_default_defense_removes_most_of_a_sample_attack(attack: str) -> None:
         defended = Defense("cpu", seed=0).apply_defense(attacked)
         ref, adv, out = metric(torch.cat([reference, attacked, defended])).flatten().tolist()
     assert abs(out - ref) < 0.3 * abs(adv - ref)
+
+
+def test_shipped_detector_reads_the_sample_as_it_did_when_released() -> None:
+    """``detector-v1`` steers every default ``Defense`` call (the noise-level ramp): its
+    estimates (RMS of the perturbation, 1/255) on one sample photo are pinned, next to the
+    true RMS of each attack (ifgsm 4.92, korhonen 1.65, madc 2.40)."""
+    from purifier import load_detector
+
+    detector = load_detector(WEIGHTS_DIR / "detector-v1")
+    names = ["ifgsm", "korhonen", "madc"]
+    images = [load_image(SAMPLE / "reference" / "kodim23.png")]
+    images += [load_image(SAMPLE / "attacked" / name / "kodim23.png") for name in names]
+    estimates = detector.estimate(torch.stack(images)).tolist()
+    assert estimates == pytest.approx([1.0612, 5.0104, 2.0485, 2.9695], rel=1e-4)
 
 
 def test_every_top_level_module_is_installed() -> None:
