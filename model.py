@@ -179,7 +179,9 @@ def _read_checkpoint(path: Path, device: torch.device | str) -> dict:
             "as plain tensors and floats, and load OUT.pth."
         ) from err
     except Exception as err:  # torch raises many types for a damaged zip/pickle stream
-        raise CheckpointError(f"cannot read metric checkpoint {path}: {err}") from err
+        raise CheckpointError(
+            f"cannot read metric checkpoint {path} (corrupt, or not a torch checkpoint): {err}"
+        ) from err
     if not isinstance(ckpt, dict) or not {"model", "k", "b"} <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} must hold a dict with 'model', 'k' and 'b'; found {keys}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from skimage.metrics import structural_similarity
 from torch import nn
 
@@ -773,3 +774,48 @@ def test_adv_cf_regulariser_keeps_the_curve_near_identity(metric):
     held = run_weighted("adv-cf", metric, x, pieces=pieces, reg_weight=1000.0)
     assert not torch.allclose(free, held, atol=1e-4)
     assert (deviation(held) < 0.5 * deviation(free)).all()
+
+
+@pytest.mark.parametrize(
+    "name, options, reason",
+    [
+        ("ifgsm", {"eps": "0.03"}, r"eps must be a number, got '0\.03'"),
+        ("ifgsm", {"alpha": True}, "alpha must be a number, got True"),
+        ("ssah", {"margin": None}, "margin must be a number, got None"),
+    ],
+)
+def test_non_numbers_are_refused_as_such(name, options, reason, metric):
+    with pytest.raises(ValueError, match=reason):
+        make_attack(name, metric, **options)
+
+
+def test_ssah_refuses_a_feature_fn_that_is_not_callable(metric):
+    with pytest.raises(ValueError, match="feature_fn must be callable"):
+        make_attack("ssah", metric, feature_fn="features")
+
+
+def test_perturbation_file_without_its_key_is_refused(tmp_path, metric):
+    path = tmp_path / "perturbation.safetensors"
+    save_file({"delta": torch.zeros(3, 4, 4)}, str(path))
+    with pytest.raises(ValueError, match=r"has no 'perturbation' tensor \(keys: \['delta'\]\)"):
+        load_perturbation(path)
+    with pytest.raises(ValueError, match="has no 'perturbation' tensor"):
+        UAP(metric, path=path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_perturbation_is_refused(tmp_path, metric, value):
+    bad = torch.zeros(3, 4, 4)
+    bad[1, 2, 3] = value
+    with pytest.raises(ValueError, match="a perturbation must be a finite float tensor"):
+        UAP(metric, perturbation=bad)
+    path = tmp_path / "perturbation.safetensors"
+    save_file({"perturbation": bad}, str(path))  # bypasses save_perturbation's check
+    with pytest.raises(ValueError, match="a perturbation must be a finite float tensor"):
+        load_perturbation(path)
+
+
+def test_zhang_ssim_refuses_images_smaller_than_its_window(metric):
+    attack = make_attack("zhang-ssim", metric, steps=1)
+    with pytest.raises(ValueError, match="zhang-ssim needs images of at least 11x11"):
+        attack(torch.full((1, 3, 10, 16), 0.5))

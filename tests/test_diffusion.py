@@ -596,3 +596,22 @@ def test_tiles_take_crops_of_one_whole_image_noise_draw(sampler: str, steps: int
         whole.purify_all(x, noise=noise[:1])
     with pytest.raises(ValueError, match="must match images"):
         purify(x, ZeroNoise(), *make_scheduler("ddpm", 39, 1), noise=noise[0, ..., :8])
+
+
+@pytest.mark.parametrize(
+    "text", ["{not json", '{"name": "tiny"}', "[1, 2]"], ids=["bad-json", "no-files", "a-list"]
+)
+def test_unreadable_manifest_is_refused(tmp_path: Path, text: str) -> None:
+    _release(tmp_path)
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(WeightsIntegrityError, match="unreadable manifest"):
+        load_denoiser(tmp_path)
+
+
+def test_file_listed_in_the_manifest_but_missing_is_named(tmp_path: Path) -> None:
+    _release(tmp_path)
+    (tmp_path / "scheduler_config.json").unlink()
+    with pytest.raises(
+        WeightsIntegrityError, match=r"scheduler_config\.json is listed in .*missing"
+    ):
+        load_denoiser(tmp_path)

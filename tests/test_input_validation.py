@@ -472,3 +472,13 @@ def test_numpy_knobs_become_plain_numbers() -> None:
     assert type(config.t_star) is int and type(config.gate) is float
     assert json.loads(json.dumps(config.to_dict()))["t_star"] == 60
     assert config == PurifierConfig(t_star=60, steps=1, gate=0.25)
+
+
+def test_resolve_device_refuses_a_cuda_index_beyond_the_device_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) \(0\.\.1\)"):
+        resolve_device("cuda:2")

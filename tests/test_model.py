@@ -116,7 +116,9 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
 def test_corrupt_checkpoint_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.pth"
     path.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt.pth"):
+    with pytest.raises(
+        CheckpointError, match=r"corrupt.pth \(corrupt, or not a torch checkpoint\)"
+    ):
         MetricModel("cpu", path)
 
 
@@ -248,3 +250,26 @@ def test_default_without_p1q2_or_standin_is_a_clear_error(
 def test_trunk_spec_refuses_a_trunk_it_cannot_build(fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrunkSpec(**fields)
+
+
+def test_unpicklable_checkpoint_is_reported_as_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "garbled.pth"
+    path.write_bytes(b"\x80\x02\xff")  # pickle protocol 2, then an opcode that does not exist
+    with pytest.raises(CheckpointError, match=r"garbled\.pth: corrupt file"):
+        load_iqa_model(path, "cpu")
+
+
+def test_empty_k_is_reported(p1q2_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = torch.load(p1q2_checkpoint, weights_only=True)
+    ckpt["k"] = []
+    path = tmp_path / "emptyk.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="'k' is empty"):
+        load_iqa_model(path, "cpu")
+
+
+def test_model_entry_that_is_not_a_state_dict_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "listmodel.pth"
+    torch.save({"model": [1.0, 2.0], "k": list(P1Q2_K), "b": list(P1Q2_B)}, path)
+    with pytest.raises(CheckpointError, match="'model' must be a state dict, got list"):
+        load_iqa_model(path, "cpu")

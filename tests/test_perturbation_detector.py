@@ -24,7 +24,7 @@ from purifier import (
 from purifier.perturbation_detector import high_pass, save_detector
 from scripts import purify as purify_cli
 from tests.conftest import write_tiny_release
-from weights_manifest import WeightsIntegrityError
+from weights_manifest import WeightsIntegrityError, write_manifest
 
 KNOBS = {"t_star": 20, "steps": 2, "sampler": "ddpm", "ensemble": 1}
 
@@ -286,3 +286,40 @@ def test_purify_cli_reports_a_missing_detector(
     assert purify_cli.main([*argv, "--gate", "0", "--t-star-max", "0"]) == 0
     named = ["--detector", str(tiny_weights.parent / "detector-v1")]
     assert purify_cli.main([*argv, "--gate", "1", *named, "--overwrite"]) == 0
+
+
+def _copy_detector(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("detector.json", b"{not json"),
+        ("detector.json", b'{"output": "no widths"}'),
+        ("model.safetensors", b"not a safetensors file"),
+    ],
+    ids=["bad-json", "no-widths", "bad-weights"],
+)
+def test_unloadable_detector_files_are_refused(
+    detector_folder: Path, tmp_path: Path, name: str, content: bytes
+) -> None:
+    folder = _copy_detector(detector_folder, tmp_path / "detector-v1")
+    assert (folder / name).is_file()
+    (folder / name).write_bytes(content)
+    write_manifest(folder, "perturbation-detector", "1")  # the content is wrong, not the hash
+    with pytest.raises(ValueError, match="cannot load the detector in"):
+        load_detector(folder)
+
+
+def test_detector_weights_of_other_widths_do_not_fit(detector_folder: Path, tmp_path: Path) -> None:
+    folder = _copy_detector(detector_folder, tmp_path / "detector-v1")
+    config = json.loads((folder / "detector.json").read_text())
+    config["widths"] = [2, 2, 2, 2]  # the weights are for (4, 4, 4, 4)
+    (folder / "detector.json").write_text(json.dumps(config))
+    write_manifest(folder, "perturbation-detector", "1")
+    with pytest.raises(ValueError, match=r"model\.safetensors does not fit the detector"):
+        load_detector(folder)

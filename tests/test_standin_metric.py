@@ -300,3 +300,47 @@ def test_eval_metric_names_missing_data_without_a_traceback(tmp_path: Path) -> N
 
     with pytest.raises(SystemExit, match=r"^eval_metric\.py: error: .*mos\.csv"):
         eval_metric.main(["--data", str(tmp_path), "--threads", "1", "--skip-speed"])
+
+
+def _rewrite_config(folder: Path, text: str) -> None:
+    """Replace ``metric.json`` and re-hash the manifest, so only the content is wrong."""
+    (folder / "metric.json").write_text(text)
+    standin_metric.write_manifest(folder, "standin-metric", "1")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: "{not json", r"metric\.json is not valid JSON"),
+        (lambda c: "[1, 2]", r"metric\.json must hold an object with 'spec', 'k' and 'b'"),
+        (lambda c: json.dumps({"k": c["k"], "b": c["b"]}), "must hold an object with 'spec'"),
+        (lambda c: json.dumps({**c, "spec": {"groups": 2}}), "bad trunk spec"),
+        (lambda c: json.dumps({**c, "k": []}), "'k' must be a non-empty list of numbers"),
+        (lambda c: json.dumps({**c, "b": 40.0}), "'b' must be a non-empty list of numbers"),
+        (lambda c: json.dumps({**c, "k": ["high", 1.0]}), "'k' must be numbers"),
+    ],
+    ids=["bad-json", "a-list", "no-spec", "bad-spec", "empty-k", "b-not-a-list", "k-not-numbers"],
+)
+def test_bad_metric_json_is_refused(standin_folder: Path, edit, message: str) -> None:
+    config = json.loads((standin_folder / "metric.json").read_text())
+    _rewrite_config(standin_folder, edit(config))
+    with pytest.raises(ValueError, match=message):
+        load_standin("cpu", standin_folder)
+
+
+def test_unreadable_standin_weights_are_refused(standin_folder: Path) -> None:
+    (standin_folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    standin_metric.write_manifest(standin_folder, "standin-metric", "1")
+    with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors"):
+        load_standin("cpu", standin_folder)
+
+
+def test_standin_file_missing_from_the_manifest_names_the_training_command(
+    standin_folder: Path,
+) -> None:
+    path = standin_folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["files"]["metric.json"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"metric\.json \(not in manifest\.json\)"):
+        load_standin("cpu", standin_folder)
