@@ -357,3 +357,46 @@ def test_tiled_defense_still_validates_input(weights: Path) -> None:
         Defense(weights=weights, tile=80).apply_defense(
             torch.zeros(1, 3, 100, 100, dtype=torch.uint8)
         )
+
+
+# --- mutation-testing additions ----------------------------------------------------------------
+
+
+def test_defense_uses_the_detector_folder_it_is_given(weights: Path, tmp_path: Path) -> None:
+    from purifier import PerturbationDetector
+    from purifier.perturbation_detector import save_detector
+
+    model = PerturbationDetector((2, 2, 2, 2))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.head[-1].bias.fill_(4.0)  # softplus(4) = 4.018: halfway up an 8/255 ramp
+    folder = save_detector(model, tmp_path / "detector-v7", "7", training={"kind": "test"})
+    knobs = {**KNOBS, "t_star_max": 60, "strength_ramp": 8.0, "precision": "float32"}
+    given = Defense("cpu", weights=weights, detector=folder, **knobs)
+    assert given.purifier.plan(images(1)) == [40]
+    beside = Defense("cpu", weights=weights, **knobs)  # conftest's detector: 20/255
+    assert beside.purifier.plan(images(1)) == [60]
+
+
+def test_defense_takes_the_strength_ramp_knob(weights: Path) -> None:
+    knobs = {**KNOBS, "t_star_max": 60, "precision": "float32"}
+    defense = Defense("cpu", weights=weights, strength_ramp=40.0, **knobs)
+    assert defense.config.strength_ramp == 40.0
+    assert defense.purifier.plan(images(1)) == [40]  # 20 + 40 * (20 / 40)
+
+
+def test_tiled_defense_overlaps_its_tiles_by_tile_overlap(weights: Path) -> None:
+    x = images(batch=1, height=40, width=120, seed=3)
+    with torch.no_grad():
+        out = Defense(weights=weights, seed=5, tile=80, precision="float32").apply_defense(x)
+        reference = Defense(weights=weights, seed=5, tile=None, precision="float32").purifier
+        expected = reference.tiled(x, 80, defense.TILE_OVERLAP)
+        no_overlap = Defense(weights=weights, seed=5, tile=None, precision="float32").purifier
+        assert not torch.equal(expected, no_overlap.tiled(x, 80, 0))  # the overlap matters
+    assert torch.equal(out, expected)
+
+
+def test_a_config_that_is_not_a_purifier_config_is_a_value_error(weights: Path) -> None:
+    with pytest.raises(ValueError, match="PurifierConfig"):
+        Defense(weights=weights, config={"t_star": 20, "steps": 2})

@@ -615,3 +615,103 @@ def test_file_listed_in_the_manifest_but_missing_is_named(tmp_path: Path) -> Non
         WeightsIntegrityError, match=r"scheduler_config\.json is listed in .*missing"
     ):
         load_denoiser(tmp_path)
+
+
+# --- mutation-testing additions ----------------------------------------------------------------
+
+
+def test_purify_clamps_to_the_image_range_when_the_schedule_does_not_clip() -> None:
+    """A loaded schedule may have ``clip_sample=False``: the final clamp alone keeps [0, 1]."""
+    x = images()
+    t = 56
+    config = {**ddpm_scheduler_config(), "clip_sample": False}
+    scheduler, kept = make_scheduler("ddpm", t, 1, scheduler_config=config)
+    out = purify(x, ZeroNoise(), scheduler, kept, generator=4)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    unclamped = x + timestep_to_sigma(t) * noise
+    assert unclamped.min() < 0 and unclamped.max() > 1  # the clamp has work to do
+    torch.testing.assert_close(out, unclamped.clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_pad_to_multiple_reflects_only_where_both_sides_can() -> None:
+    from diffusion.denoiser import _pad_to_multiple
+
+    both = torch.arange(9.0).reshape(1, 1, 3, 3)  # pads 1 and 1: reflect
+    expected = [[0, 1, 2, 1], [3, 4, 5, 4], [6, 7, 8, 7], [3, 4, 5, 4]]
+    assert _pad_to_multiple(both, 4)[0, 0].tolist() == expected
+    narrow = torch.arange(6.0).reshape(1, 1, 3, 2)  # width pad 2 is not < width 2: replicate
+    expected = [[0, 1, 1, 1], [2, 3, 3, 3], [4, 5, 5, 5], [4, 5, 5, 5]]
+    assert _pad_to_multiple(narrow, 4)[0, 0].tolist() == expected
+    assert _pad_to_multiple(narrow.mT, 4)[0, 0].tolist() == torch.tensor(expected).mT.tolist()
+    same = torch.rand(1, 1, 4, 8)
+    assert _pad_to_multiple(same, 4) is same
+
+
+def test_ensemble_runs_each_take_their_own_start_noise() -> None:
+    from purifier import DiffusionPurifier, PurifierConfig
+
+    config = PurifierConfig(t_star=39, steps=1, ensemble=2)
+    x = images(1, 8, 8, seed=4)
+    noise = torch.randn((2, *x.shape), generator=torch.Generator().manual_seed(9))
+    purifier = DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=0)
+    out = purifier.purify_all(x, noise=noise)
+    sigma = timestep_to_sigma(39)
+    expected = ((x + sigma * noise[0]).clamp(0, 1) + (x + sigma * noise[1]).clamp(0, 1)) / 2
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_tiled_start_noise_comes_from_the_calls_generator() -> None:
+    from purifier import DiffusionPurifier, PurifierConfig
+
+    config = PurifierConfig(t_star=39, steps=2, sampler="ddim")
+    x = images(1, 30, 30, seed=4)
+    purifier = DiffusionPurifier(ZeroNoise(), ddpm_scheduler_config(), config, seed=0)
+    out = purifier.tiled(x, tile=20, overlap=4, generator=torch.Generator().manual_seed(9))
+    noise = torch.randn((1, *x.shape), generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(out, purifier.purify_all(x, noise=noise), rtol=0, atol=1e-6)
+
+
+def test_make_generator_takes_the_whole_seed_range() -> None:
+    for seed in (-(2**63), 2**63, 2**64 - 1):
+        expected = torch.rand(2, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.rand(2, generator=make_generator(seed)), expected)
+    for seed in (-(2**63) - 1, 2**64):
+        with pytest.raises(ValueError, match="seed"):
+            make_generator(seed)
+
+
+class RecordingZeroNoise(ZeroNoise):
+    """``ZeroNoise`` that records the timestep of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, sample: torch.Tensor, timestep: int) -> torch.Tensor:
+        self.seen.append(int(timestep))
+        return super().forward(sample, timestep)
+
+
+@pytest.mark.parametrize(("sampler", "t_star", "steps"), [("ddpm", 60, 3), ("ddim", 39, 4)])
+def test_purify_conditions_each_call_on_its_own_step(sampler: str, t_star: int, steps: int) -> None:
+    model = RecordingZeroNoise()
+    scheduler, kept = make_scheduler(sampler, t_star, steps)
+    purify(images(1, 8, 8), model, scheduler, kept, generator=0)
+    assert model.seen == kept
+
+
+class ConstantNoise(ZeroNoise):
+    """Predicts eps = -5 everywhere: x0 = x_t / sqrt(ab) + 5 sqrt(1 / ab - 1), past 1."""
+
+    def forward(self, sample: torch.Tensor, timestep: int) -> torch.Tensor:
+        return sample * self.anchor - 5.0
+
+
+def test_denoise_one_shot_clamps_when_the_schedule_does_not_clip() -> None:
+    x = images()
+    sigma = 25 / 255
+    config = {**ddpm_scheduler_config(), "clip_sample": False}
+    out = denoise_one_shot(x, ConstantNoise(), config, sigma)
+    shift = 5.0 * timestep_to_sigma(sigma_to_timestep(sigma))  # 10 sigma_t in [-1, 1] units
+    assert (x + shift).max() > 1  # the clamp has work to do
+    torch.testing.assert_close(out, (x + shift).clamp(0, 1), atol=1e-5, rtol=0)

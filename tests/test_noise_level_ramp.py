@@ -246,3 +246,75 @@ def test_purify_cli_takes_the_ramp(tiny_weights: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     config = config_from_options(args)
     assert (config.t_star, config.t_star_max, config.strength_ramp) == (20, 60, 4.0)
+
+
+# --- mutation-testing additions ----------------------------------------------------------------
+
+
+def test_override_keeps_an_explicit_spacing_and_validates_it() -> None:
+    base = PurifierConfig(t_star=60, steps=3, spacing="quadratic")
+    with pytest.raises(ValueError, match="spacing 'uniform'"):
+        base.override(sampler="ddim", spacing="quadratic")
+
+
+def _zero_noise_purifier(config: PurifierConfig, strengths: list[float]) -> DiffusionPurifier:
+    from diffusion import ddpm_scheduler_config
+    from tests.test_diffusion import ZeroNoise
+
+    return DiffusionPurifier(
+        ZeroNoise(), ddpm_scheduler_config(), config, 0, FixedStrengths(strengths)
+    )
+
+
+def test_each_level_runs_its_own_chain_exactly() -> None:
+    """A zero noise predictor makes one DDPM step exact: clamp(x + sigma_t * noise), with the
+    groups drawing from one generator in increasing noise level (start noise, then the
+    step's own draw, which has zero variance on the last step)."""
+    from diffusion import timestep_to_sigma
+
+    config = PurifierConfig(t_star=20, steps=1, t_star_max=60, strength_ramp=8.0)
+    purifier = _zero_noise_purifier(config, [8.0, 0.0])
+    x = images(2, 8)
+    assert purifier.plan(x) == [60, 20]
+    out = purifier(x)
+    draw = torch.Generator().manual_seed(0)
+    low = torch.randn((1, 3, 8, 8), generator=draw)
+    torch.randn((1, 3, 8, 8), generator=draw)  # the step's (zero-variance) noise
+    high = torch.randn((1, 3, 8, 8), generator=draw)
+    expected_low = (x[1:] + timestep_to_sigma(20) * low).clamp(0, 1)
+    expected_high = (x[:1] + timestep_to_sigma(60) * high).clamp(0, 1)
+    torch.testing.assert_close(out[1:], expected_low, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:1], expected_high, atol=1e-5, rtol=0)
+    # purify_all honours its t_star argument
+    again = purifier.purify_all(x[:1], torch.Generator().manual_seed(1), t_star=60)
+    noise = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    expected = (x[:1] + timestep_to_sigma(60) * noise).clamp(0, 1)
+    torch.testing.assert_close(again, expected, atol=1e-5, rtol=0)
+
+
+def test_ddim_gate_leaves_images_below_it_unchanged() -> None:
+    from diffusion import timestep_to_sigma
+
+    config = PurifierConfig(t_star=39, steps=2, sampler="ddim", gate=1.0)
+    purifier = _zero_noise_purifier(config, [0.5, 2.0])
+    x = images(2, 8)
+    assert purifier.plan(x) == [0, 39]
+    out = purifier(x)
+    assert torch.equal(out[0], x[0])
+    noise = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    expected = (x[1:] + timestep_to_sigma(39) * noise).clamp(0, 1)
+    torch.testing.assert_close(out[1:], expected, atol=1e-5, rtol=0)
+
+
+def test_an_explicit_ramp_top_is_kept_even_where_the_default_would_collapse() -> None:
+    # the default 60..65 would collapse on the one-step DDIM grid (65 -> 49), the given 200 not
+    base = PurifierConfig(t_star=60, steps=1, t_star_max=65)
+    config = base.override(sampler="ddim", t_star_max=200)
+    assert (config.t_star, config.t_star_max) == (49, 200)
+    assert base.override(sampler="ddim").t_star_max == 99  # not given: widened
+
+
+@pytest.mark.parametrize("t_star", [10.5, "40"])
+def test_a_bad_t_star_over_a_ramp_is_named_as_t_star(t_star: object) -> None:
+    with pytest.raises(ValueError, match="t_star must be an integer in"):
+        SHIPPED_LIKE.override(t_star=t_star)
