@@ -189,7 +189,8 @@ def list_files(folder: Path, recursive: bool = False) -> Iterator[Path]:
 
 def list_folders(folder: str | Path) -> list[Path]:
     """Sorted sub-folders of ``folder`` (one level), hidden ones left out."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p, folder))
 
 
 def is_hidden(path: Path, root: Path) -> bool:

@@ -36,8 +36,6 @@ from weights_manifest import MANIFEST, write_manifest
 
 SNAPSHOT_DIR = "ema_latest"
 CHECKPOINT_DIR = "checkpoints"
-# the config entries that fix the network's parameter shapes, named when a checkpoint does not fit
-SHAPE_KEYS = ("unshuffle", "block_out_channels", "layers_per_block", "norm_num_groups")
 
 
 class TrainingProgress:
@@ -230,10 +228,10 @@ class DenoiserRun:
             except RuntimeError as err:  # the model's state dict does not fit
                 if "loading state_dict" not in str(err):
                     raise
-                shape = {k: self.model_config[k] for k in SHAPE_KEYS if k in self.model_config}
-                raise ValueError(
+                raise ValueError(  # the network's config is its shape
                     f"--resume {resume}: {checkpoint} holds a network of another shape than "
-                    f"this run's {shape}; give the shape flags (or --init) the run started with"
+                    f"this run's {self.model_config}; give the shape flags (or --init) the run "
+                    "started with"
                 ) from None
             ema.to(self.accelerator.device)  # load_state restores it where it was saved
             self.logger.info("resumed from %s at step %d", checkpoint, self.progress.step)

@@ -207,7 +207,6 @@ def peak_rss_bytes() -> int:
 
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Build the image, purify it in ``args.child`` mode, return the figures."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     torch.set_num_threads(args.threads)
@@ -323,7 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A usage error, before any subprocess starts, for a knob the measurement would refuse
     (the subprocess imports torch and the defense; this parent does so only to check)."""
-    sys.path.insert(0, str(REPO))
     from purifier import resolve_weights
     from purifier.config import load_default_config
     from scripts.purify import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiling_error

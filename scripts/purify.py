@@ -63,8 +63,8 @@ from seeds import name_seed  # noqa: E402
 
 logger = logging.getLogger("purify")
 MIN_TILE = 16
-DEFAULT_TILE, DEFAULT_TILE_OVERLAP = 512, 32
 """Smallest ``--tile``: a smaller tile would be mostly the denoiser's own padding."""
+DEFAULT_TILE, DEFAULT_TILE_OVERLAP = 512, 32
 
 
 def _default_knobs() -> str:

@@ -157,4 +157,4 @@ def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
 
 
 if __name__ == "__main__":
-    run_main(main, "train_uap")
+    run_main(main, "train_uap.py")
