@@ -40,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 from atomic_write import write_text_atomic  # noqa: E402
 from attacks.registry import ATTACKS, make_attack  # noqa: E402
 from attacks.uap import metric_tag  # noqa: E402
-from cli_options import device_name  # noqa: E402
+from cli_options import device_name, run_main  # noqa: E402
 from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
 from image_io import centre_crop, list_images, load_image, save_image  # noqa: E402
 from paths import default_data_dir  # noqa: E402
@@ -307,7 +307,4 @@ def main(argv: Sequence[str] | None = None) -> DatasetSummary:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as err:  # bad input, a file where the output folder goes
-        sys.exit(f"error: {err}")
+    run_main(main, "make_dataset.py")

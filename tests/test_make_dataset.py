@@ -216,5 +216,5 @@ def test_an_output_path_that_is_a_file_is_a_message(clean_dir, tmp_path):
     assert (
         done.stderr.strip()
         .splitlines()[-1]
-        .startswith(f"error: [Errno 17] File exists: '{blocker}")
+        .startswith(f"make_dataset.py: error: [Errno 17] File exists: '{blocker}")
     )
