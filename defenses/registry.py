@@ -7,6 +7,7 @@ A factory takes a device and returns an object with ``apply_defense(images)`` (f
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,9 +88,25 @@ def register_defense(name: str, factory: DefenseFactory) -> None:
     DEFENSES[name] = factory
 
 
-def make_defense(name: str, device: str | torch.device = "cpu") -> PurifyingDefense:
-    """Build the defense registered as ``name`` on ``device`` (``ValueError`` for an unknown
-    name or a device this machine does not have)."""
+def defense_options(name: str) -> frozenset[str]:
+    """The keyword options the factory of ``name`` takes besides the device, e.g.
+    ``{"quality"}`` for ``jpeg``; ``ValueError`` for an unknown name."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; choose one of {sorted(DEFENSES)}")
-    return DEFENSES[name](resolve_device(device))
+    parameters = list(inspect.signature(DEFENSES[name]).parameters.values())[1:]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in parameters if p.kind in named)
+
+
+def make_defense(name: str, device: str | torch.device = "cpu", **options: Any) -> PurifyingDefense:
+    """Build the defense registered as ``name`` on ``device``, with ``options`` passed to its
+    factory (``make_defense("jpeg", quality=75)``; ``defense_options`` lists them).
+    ``ValueError`` for an unknown name or option, a bad option value, or a device this machine
+    does not have."""
+    unknown = sorted(set(options) - defense_options(name))
+    if unknown:
+        accepted = sorted(defense_options(name))
+        raise ValueError(
+            f"defense {name!r} takes no option(s) {unknown}; its options: {accepted or 'none'}"
+        )
+    return DEFENSES[name](resolve_device(device), **options)

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--defenses",
         default=",".join(DEFAULT_DEFENSES),
-        help="comma-separated defense specs: NAME, ddpm@WEIGHTS, ddpm:KNOB=VALUE, A+B (A, then B)",
+        help="comma-separated defense specs: NAME, ddpm@WEIGHTS, ddpm:KNOB=VALUE, "
+        "jpeg:quality=75 (a baseline's own option), A+B (A, then B)",
     )
     parser.add_argument("--limit", type=int, default=None, help="images per attack (spread)")
     parser.add_argument(

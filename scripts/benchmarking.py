@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from defenses.chain import ChainedDefense
-from defenses.registry import PurifyingDefense, diffpure_defense, make_defense
+from defenses.registry import PurifyingDefense, defense_options, diffpure_defense, make_defense
 from devices import synchronize
 from diffusion.precision import has_native_bfloat16
 from image_io import load_image
@@ -341,7 +341,11 @@ or a path), so several weight versions can be compared in one run."""
 
 KNOB_SEPARATOR = ":"
 """``ddpm:gate=0`` (or ``ddpm@ddpm-v1:t_star=60:steps=1``) is the ``ddpm`` defense with those
-``PurifierConfig`` knobs changed, so variants can be compared in one run."""
+``PurifierConfig`` knobs changed, and ``jpeg:quality=75`` a baseline with its own option
+changed (``defenses.registry.defense_options``), so variants can be compared in one run."""
+
+SPEC_SET = frozenset({"weights", "seed"})
+"""Factory options a spec sets otherwise (``@WEIGHTS``, the run's seed), never as knobs."""
 
 
 CHAIN_SEPARATOR = "+"
@@ -362,8 +366,9 @@ def split_knobs(spec: str) -> tuple[str, dict[str, Any]]:
     """``"ddpm@v1:gate=0:sampler=ddim"`` -> ``("ddpm@v1", {"gate": 0, "sampler": "ddim"})``.
 
     Values are read as JSON numbers where they parse, else kept as strings. ``ValueError``
-    for a knob without ``=``, on a defense other than ``ddpm``, or not a ``PurifierConfig``
-    field (values are checked when the defense is built).
+    for a knob without ``=``, or one the defense does not take: ``ddpm`` takes the
+    ``PurifierConfig`` fields, a registered baseline its factory's options (``jpeg:quality=75``,
+    ``resize:scale=0.75``, ``blur:sigma=1.2``). Values are checked when the defense is built.
     """
     base, *pairs = spec.split(KNOB_SEPARATOR)
     knobs: dict[str, Any] = {}
@@ -376,11 +381,19 @@ def split_knobs(spec: str) -> tuple[str, dict[str, Any]]:
         except json.JSONDecodeError:
             knobs[key] = value
     if knobs:
-        if base.partition(WEIGHTS_SEPARATOR)[0] != "ddpm":
-            raise ValueError(f"{spec!r}: only the ddpm defense takes knobs")
-        unknown = sorted(set(knobs) - {f.name for f in dataclasses.fields(PurifierConfig)})
-        if unknown:
-            raise ValueError(f"{spec!r}: unknown purifier knob(s) {unknown}")
+        name = base.partition(WEIGHTS_SEPARATOR)[0]
+        if name == "ddpm":
+            unknown = sorted(set(knobs) - {f.name for f in dataclasses.fields(PurifierConfig)})
+            if unknown:
+                raise ValueError(f"{spec!r}: unknown purifier knob(s) {unknown}")
+        else:
+            accepted = defense_options(name) - SPEC_SET
+            unknown = sorted(set(knobs) - accepted)
+            if unknown:
+                raise ValueError(
+                    f"{spec!r}: {name} takes no knob(s) {unknown}; "
+                    f"its knobs: {sorted(accepted) or 'none'}"
+                )
     return base, knobs
 
 
@@ -410,9 +423,10 @@ def defense_label(spec: str) -> str:
     if len(parts) > 1:
         return ", then ".join(defense_label(part) for part in parts)
     name, weights = split_defense_spec(spec)
-    label = LABELS.get(name, name)
-    label = label if weights is None else f"{label}, weights {weights.name}"
     knobs = split_knobs(spec)[1]
+    # a baseline's label names its default option ("JPEG q50"), so with knobs use the name
+    label = LABELS.get(name, name) if name == "ddpm" or not knobs else name
+    label = label if weights is None else f"{label}, weights {weights.name}"
     return label + "".join(f", {k}={v}" for k, v in knobs.items())
 
 
@@ -437,7 +451,7 @@ def build_defense(
         return Defense(device, weights=weights, seed=seed, **knobs)
     if name == "diffpure":
         return diffpure_defense(device, weights=weights, seed=seed)
-    return make_defense(name, device)
+    return make_defense(name, device, **knobs)
 
 
 def run_benchmark(

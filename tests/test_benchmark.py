@@ -19,6 +19,7 @@ import purifier.config
 import scripts.benchmark as benchmark_cli
 from defense import Defense
 from defenses import ChainedDefense, make_defense
+from defenses.classical import JpegDefense, ResizeDefense
 from defenses.registry import DIFFPURE_KNOBS
 from paths import ROOT
 from scripts import benchmarking
@@ -495,7 +496,10 @@ def test_defense_specs_change_knobs(tiny_weights: Path) -> None:
     )  # fmt: skip
     assert benchmark_cli.parse_defenses("ddpm,ddpm:gate=0") == ["ddpm", "ddpm:gate=0"]
     for bad, message in (
-        ("jpeg:gate=0", "only the ddpm defense takes knobs"),
+        ("jpeg:gate=0", r"jpeg takes no knob\(s\) \['gate'\]; its knobs: \['quality'\]"),
+        ("median:size=5", r"median takes no knob\(s\) \['size'\]; its knobs: none"),
+        ("diffpure:seed=1", r"diffpure takes no knob\(s\) \['seed'\]; its knobs: none"),
+        ("nope:x=1", "unknown defense 'nope'"),
         ("ddpm:gate", "name=value"),
         ("ddpm:=1", "name=value"),
         ("ddpm:colour=1", "unknown purifier knob"),
@@ -504,6 +508,27 @@ def test_defense_specs_change_knobs(tiny_weights: Path) -> None:
             split_knobs(bad)
     with pytest.raises(ValueError, match="t_star"):
         build_defense("ddpm:t_star=0", "cpu", weights=tiny_weights)  # values checked on build
+
+
+def test_defense_specs_set_a_baselines_own_option() -> None:
+    assert split_knobs("jpeg:quality=75") == ("jpeg", {"quality": 75})
+    assert defense_label("jpeg:quality=75") == "jpeg, quality=75"
+    assert defense_label("resize:scale=0.75") == "resize, scale=0.75"
+    assert defense_label("jpeg") == "JPEG q50"
+    assert benchmark_cli.parse_defenses("jpeg,jpeg:quality=90") == ["jpeg", "jpeg:quality=90"]
+    built = build_defense("resize:scale=0.75+jpeg:quality=90", "cpu")
+    assert isinstance(built, ChainedDefense)
+    resize, jpeg = built.parts
+    assert (resize.scale, jpeg.quality) == (0.75, 90)
+    x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        built.apply_defense(x),
+        JpegDefense(quality=90).apply_defense(ResizeDefense(scale=0.75).apply_defense(x)),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(ValueError, match="JPEG quality must be an int"):
+        build_defense("jpeg:quality=200", "cpu")  # values checked on build
 
 
 def test_defense_specs_chain_defenses(tiny_weights: Path) -> None:

@@ -21,6 +21,7 @@ from defenses.classical import (
     ResizeDefense,
     gaussian_kernel_1d,
 )
+from defenses.registry import defense_options
 
 CLASSICAL = ["none", "resize", "jpeg", "blur", "median"]
 DIFFERENTIABLE = ["none", "resize", "blur", "median"]
@@ -43,6 +44,30 @@ def test_registry_lists_classical_and_project_defense(
 def test_unknown_defense_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown defense 'nope'.*blur"):
         make_defense("nope")
+
+
+def test_defense_options_are_the_factories_keywords() -> None:
+    assert defense_options("jpeg") == {"quality"}
+    assert defense_options("resize") == {"scale"}
+    assert defense_options("blur") == {"sigma"}
+    assert defense_options("median") == set() and defense_options("ddpm") == set()
+    assert defense_options("diffpure") == {"weights", "seed"}
+    with pytest.raises(ValueError, match="unknown defense 'nope'"):
+        defense_options("nope")
+
+
+def test_make_defense_passes_options_to_the_factory() -> None:
+    assert make_defense("jpeg", quality=75).quality == 75
+    assert make_defense("resize", "cpu", scale=0.75).scale == 0.75
+    assert make_defense("blur", sigma=1.5).sigma == 1.5
+    jpeg_message = r"'jpeg' takes no option\(s\) \['scale'\]; its options: \['quality'\]"
+    with pytest.raises(ValueError, match=jpeg_message):
+        make_defense("jpeg", scale=0.5)
+    median_message = r"'median' takes no option\(s\) \['size'\]; its options: none"
+    with pytest.raises(ValueError, match=median_message):
+        make_defense("median", size=5)
+    with pytest.raises(ValueError, match="JPEG quality must be an int"):
+        make_defense("jpeg", quality=0.5)  # values checked by the defense itself
 
 
 def test_register_defense_adds_and_refuses_duplicates() -> None:
