@@ -103,10 +103,11 @@ def make_defense(name: str, device: str | torch.device = "cpu", **options: Any) 
     factory (``make_defense("jpeg", quality=75)``; ``defense_options`` lists them).
     ``ValueError`` for an unknown name or option, a bad option value, or a device this machine
     does not have."""
-    unknown = sorted(set(options) - defense_options(name))
+    accepted = defense_options(name)
+    unknown = sorted(set(options) - accepted)
     if unknown:
-        accepted = sorted(defense_options(name))
         raise ValueError(
-            f"defense {name!r} takes no option(s) {unknown}; its options: {accepted or 'none'}"
+            f"defense {name!r} takes no option(s) {unknown}; "
+            f"its options: {sorted(accepted) or 'none'}"
         )
     return DEFENSES[name](resolve_device(device), **options)
