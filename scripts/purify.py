@@ -91,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--device", type=device_name, default="cpu", help="torch device (default: cpu)"
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="same-size images per batch")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="same-size images per batch"
+    )
     add_purifier_knobs(parser)
     parser.add_argument(
         "--seed",
@@ -123,8 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and summary only")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
     problem = tiling_error(args.tile, args.tile_overlap)
     if problem:
         parser.error(problem)
