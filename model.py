@@ -20,6 +20,7 @@ from torch import nn
 
 from devices import resolve_device
 from image_checks import check_images  # also imported from here by older callers
+from metrics.mobilenet_v2 import MobileNetV2Spec, build_mobilenet_v2_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class TrunkSpec:
 
 
 RESNEXT101_32X8D = TrunkSpec(blocks=(3, 4, 23, 3))
+AnyTrunkSpec = TrunkSpec | MobileNetV2Spec
 
 
 class Bottleneck(nn.Module):
@@ -89,8 +91,14 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def build_trunk(spec: TrunkSpec) -> nn.Sequential:
-    """``Sequential(conv1, bn1, relu, maxpool, layer1..layer4)`` for a ResNeXt ``spec``."""
+def build_trunk(spec: AnyTrunkSpec) -> nn.Sequential:
+    """``Sequential(conv1, bn1, relu, maxpool, layer1..layer4)`` for a ResNeXt ``spec``; the
+    eight stages of ``metrics.mobilenet_v2`` for a ``MobileNetV2Spec``. Either way
+    ``features[6]`` ends at stride 16 and ``features[7]`` at stride 32."""
+    if isinstance(spec, MobileNetV2Spec):
+        return build_mobilenet_v2_trunk()
+    if not isinstance(spec, TrunkSpec):
+        raise ValueError(f"spec must be a TrunkSpec or MobileNetV2Spec, got {spec!r}")
     stem = spec.stem_width
     modules: list[nn.Module] = [
         nn.Conv2d(3, stem, 7, 2, 3, bias=False),
@@ -130,12 +138,13 @@ def _reduction_head(in_features: int) -> nn.Sequential:
 
 class IQAModel(nn.Module):
     """Linearity: a ResNeXt trunk, average-pooled features of stages 3 and 4, three regressors.
+    A ``MobileNetV2Spec`` puts the pretrained MobileNetV2 trunk under the same heads.
 
     Input: ImageNet-normalised float ``(B, 3, H, W)``. Output: ``[regr6, regr7, regression]``,
     each ``(B, 1)``; the competition score uses the last one.
     """
 
-    def __init__(self, spec: TrunkSpec = RESNEXT101_32X8D) -> None:
+    def __init__(self, spec: AnyTrunkSpec = RESNEXT101_32X8D) -> None:
         super().__init__()
         self.spec = spec
         self.features = build_trunk(spec)
@@ -249,23 +258,24 @@ class MetricModel(nn.Module):
         super().__init__()
         self.device = resolve_device(device)
         path = Path(model_path) if model_path is not None else default_checkpoint()
+        standin = path.is_dir()
         if model_path is None and not path.is_file():
-            from standin_metric import load_standin
+            from standin_metric import STANDIN_DIR
 
             logger.warning(
-                "%s not found: using the stand-in metric from weights/ (Linearity's design, "
-                "small trunk, trained on CLIVE). Put the real p1q2.pth beside model.py to use it.",
+                "%s not found: using the stand-in metric %s (Linearity's design and heads, "
+                "trained on CLIVE). Put the real p1q2.pth beside model.py to use it.",
                 path,
+                STANDIN_DIR.name,
             )
-            self.model, self.k, self.b = load_standin(self.device)
-            self.name = "standin"
-        elif path.is_dir():
-            from standin_metric import STANDIN_DIR, load_standin
+            path, standin = STANDIN_DIR, True
+        if standin:
+            from standin_metric import load_standin, standin_name
 
             self.model, self.k, self.b = load_standin(self.device, path)
-            # the shipped stand-in has one name however it is reached (a dataset made with the
-            # default metric resumes with the folder named explicitly, and vice versa)
-            self.name = "standin" if path.resolve() == STANDIN_DIR.resolve() else path.name
+            # a stand-in has one name however it is reached (a dataset made with the default
+            # metric resumes with the folder named explicitly, and vice versa)
+            self.name = standin_name(path)
         else:
             self.model, self.k, self.b = load_iqa_model(path, self.device)
             self.name = path.name

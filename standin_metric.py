@@ -21,16 +21,28 @@ from safetensors.torch import load_file
 
 import paths
 from atomic_write import save_tensors
-from model import IQAModel, TrunkSpec
+from metrics.mobilenet_v2 import MobileNetV2Spec
+from model import AnyTrunkSpec, IQAModel, TrunkSpec
 from weights_manifest import MANIFEST, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
 STANDIN_SPEC = TrunkSpec(blocks=(1, 1, 1, 1), groups=8, width_per_group=8, stem_width=32)
 STANDIN_DIR = paths.WEIGHTS_DIR / "standin-metric-v1"
+"""The default stand-in, used when ``p1q2.pth`` is absent."""
+STANDIN_V1_DIR = paths.WEIGHTS_DIR / "standin-metric-v1"
+LEGACY_NAME = "standin"
+"""v1's name from before v2: its datasets' ``attacks.json``, ``weights/uap-standin-v1``."""
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "metric.json"
 TRAIN_COMMAND = "python scripts/train_metric.py --output {folder}"
+
+
+def standin_name(folder: str | Path) -> str:
+    """The name a stand-in folder's ``MetricModel`` carries (attack records, UAP folders):
+    ``"standin"`` for v1, else the folder's name (``"standin-metric-v2"``)."""
+    folder = Path(folder)
+    return LEGACY_NAME if folder.resolve() == STANDIN_V1_DIR.resolve() else folder.name
 
 
 def _missing_message(folder: Path, what: str) -> str:
@@ -41,15 +53,23 @@ def _missing_message(folder: Path, what: str) -> str:
     )
 
 
-def spec_to_dict(spec: TrunkSpec) -> dict[str, Any]:
-    """``TrunkSpec`` -> JSON-ready dict (``blocks`` as a list)."""
+def spec_to_dict(spec: AnyTrunkSpec) -> dict[str, Any]:
+    """``TrunkSpec`` -> JSON-ready dict (``blocks`` as a list); ``MobileNetV2Spec`` ->
+    ``{"kind": "mobilenet_v2"}``."""
     info = asdict(spec)
+    if isinstance(spec, MobileNetV2Spec):
+        return info
     info["blocks"] = list(spec.blocks)
     return info
 
 
-def spec_from_dict(info: dict[str, Any], source: str = "metric.json") -> TrunkSpec:
-    """Inverse of ``spec_to_dict``; ``ValueError`` naming ``source`` on bad fields."""
+def spec_from_dict(info: dict[str, Any], source: str = "metric.json") -> AnyTrunkSpec:
+    """Inverse of ``spec_to_dict``; ``ValueError`` naming ``source`` on bad fields. A spec
+    without ``kind`` is a ResNeXt (every folder written before the MobileNetV2 trunk)."""
+    if isinstance(info, dict) and info.get("kind", "resnext") != "resnext":
+        if info != {"kind": "mobilenet_v2"}:
+            raise ValueError(f"{source}: bad trunk spec {info!r}: unknown kind or extra fields")
+        return MobileNetV2Spec()
     try:
         blocks = tuple(int(n) for n in info["blocks"])
         spec = TrunkSpec(

@@ -71,6 +71,14 @@ AVERAGED_COLUMNS = {
 }
 TIME_COLUMN = "Time per image (s)"
 COLUMNS = ("Attack", *AVERAGED_COLUMNS, "SRCC", TIME_COLUMN)
+# How the competition ranks a defense: its difference from the baseline on each of these,
+# signed so that positive is better (Gain is lower-better, so it is baseline - defense).
+BASELINE_DIFFERENCES = {
+    "Gain vs baseline": ("Gain Score", -1.0),
+    "Quality vs baseline": ("Quality Score", 1.0),
+    "SRCC vs baseline": ("SRCC", 1.0),
+}
+COMPARISON_COLUMNS = ("Attack", *BASELINE_DIFFERENCES)
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
@@ -161,20 +169,22 @@ def psnr_ssim(reference: np.ndarray, defended: np.ndarray) -> tuple[float, float
     return psnr, ssim
 
 
+def resized_to(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Float ``(B, 3, H, W)`` resized to ``size`` (bilinear, antialiased) if it differs, as
+    the competition does before PSNR/SSIM; returned unchanged otherwise."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(
+        images.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True
+    )
+
+
 def fidelity(reference: torch.Tensor, defended: torch.Tensor) -> list[tuple[float, float]]:
     """``(PSNR, SSIM)`` per image of ``(B, 3, H, W)`` batches in [0, 1].
 
     ``defended`` is resized to the reference size (bilinear, antialiased) if it differs.
     """
-    defended = defended.detach().float()
-    if defended.shape[-2:] != reference.shape[-2:]:
-        defended = F.interpolate(
-            defended,
-            size=tuple(reference.shape[-2:]),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )
+    defended = resized_to(defended.detach().float(), reference.shape[-2:])
     ref_np = rearrange(reference.detach().float().cpu(), "b c h w -> b h w c").numpy()
     def_np = rearrange(defended.cpu(), "b c h w -> b h w c").numpy()
     return [psnr_ssim(r, d) for r, d in zip(ref_np, def_np, strict=True)]
@@ -348,6 +358,23 @@ def aggregate(records: Sequence[ImageRecord]) -> list[dict[str, str | float]]:
     return [{column: row[column] for column in COLUMNS} for row in rows]
 
 
+def baseline_differences(
+    rows: Sequence[dict[str, str | float]], baseline_rows: Sequence[dict[str, str | float]]
+) -> list[dict[str, str | float]]:
+    """Per attack of ``rows`` (``aggregate`` output): Gain, Quality and SRCC minus the
+    baseline's, signed so that positive is better (``BASELINE_DIFFERENCES``); NaN where the
+    baseline has no row for the attack."""
+    by_attack = {row["Attack"]: row for row in baseline_rows}
+    out = []
+    for row in rows:
+        base = by_attack.get(row["Attack"])
+        diff: dict[str, str | float] = {"Attack": row["Attack"]}
+        for column, (key, sign) in BASELINE_DIFFERENCES.items():
+            diff[column] = math.nan if base is None else sign * (row[key] - base[key])  # type: ignore[operator]
+        out.append(diff)
+    return out
+
+
 def _mean_row(attack: str, records: Sequence[ImageRecord]) -> dict[str, str | float]:
     row: dict[str, str | float] = {"Attack": attack}
     for column, field in AVERAGED_COLUMNS.items():
@@ -385,18 +412,30 @@ def write_scores(
     return path
 
 
-def format_table(rows: Sequence[dict[str, str | float]]) -> str:
+def format_table(rows: Sequence[dict[str, str | float]], columns: Sequence[str] = COLUMNS) -> str:
     """Plain-text table of ``rows`` (floats with 4 decimals)."""
-    cells = [list(COLUMNS)] + [
-        [v if isinstance(v, str) else f"{v:.4f}" for v in (row[c] for c in COLUMNS)] for row in rows
+    cells = [list(columns)] + [
+        [v if isinstance(v, str) else f"{v:.4f}" for v in (row[c] for c in columns)] for row in rows
     ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = []
     for line in cells:
         padded = [line[0].ljust(widths[0])]
         padded += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
         lines.append("  ".join(padded))
     return "\n".join(lines)
+
+
+def write_comparison(
+    rows: Sequence[dict[str, str | float]], output_dir: str | Path, baseline: str
+) -> Path:
+    """``comparison_to_<baseline>.csv``: the ``baseline_differences`` rows."""
+    path = Path(output_dir) / f"comparison_to_{baseline}.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def load_metric(checkpoint_dir: str | Path, device: torch.device) -> MetricModel:
@@ -442,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEFENSE,
         help=f"registered defense to evaluate (default: {DEFAULT_DEFENSE}, i.e. defense.Defense)",
     )
+    parser.add_argument(
+        "--compare_to",
+        choices=sorted(DEFENSES),
+        default=None,
+        help="also score this defense (e.g. resize, the competition's baseline) on the same "
+        "images and write the differences that rank a defense: Gain, Quality and SRCC minus "
+        "the baseline's, positive = better (comparison_to_<name>.csv)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -467,21 +514,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         metric = load_metric(args.checkpoint_dir, device)
         defense = make_defense(args.defense, device)
         logger.info("defense %s: %r", args.defense, defense)
-        records = evaluate(
-            pairs,
-            defense,
-            metric,
-            args.batch_size,
-            device,
-            args.num_workers,
-            progress=not args.no_progress,
-        )
+        run = {"batch_size": args.batch_size, "device": device, "num_workers": args.num_workers}
+        records = evaluate(pairs, defense, metric, **run, progress=not args.no_progress)
+        baseline_records = None
+        if args.compare_to is not None:
+            baseline = make_defense(args.compare_to, device)
+            logger.info("baseline %s: %r", args.compare_to, baseline)
+            baseline_records = evaluate(
+                pairs, baseline, metric, **run, progress=not args.no_progress
+            )
     except ValueError as err:
         raise SystemExit(f"test.py: error: {err}") from err
     rows = aggregate(records)
     print(format_table(rows))
     path = write_scores(rows, args.output_dir, args.score_detail_level)
     print(f"wrote {path}")
+    if baseline_records is not None:
+        differences = baseline_differences(rows, aggregate(baseline_records))
+        print(f"\n{args.defense} minus {args.compare_to} (positive = better):")
+        print(format_table(differences, COMPARISON_COLUMNS))
+        print(f"wrote {write_comparison(differences, args.output_dir, args.compare_to)}")
     return 0
 
 

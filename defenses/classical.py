@@ -1,13 +1,13 @@
 """Classical input-transformation defenses: identity, resize, JPEG, Gaussian blur, median.
 
-Each takes float ``(B, 3, H, W)`` images in [0, 1] and returns the same shape, dtype and
-device in [0, 1]. Resize, blur and median are differentiable (no ``no_grad`` inside), so
-adaptive attacks can back-propagate through them; JPEG goes through PIL and is not.
+Each takes float ``(B, 3, H, W)`` images in [0, 1] and returns dtype and device unchanged, in
+[0, 1]. All but ``ResizeDefense`` keep the shape: it returns the smaller image, as the
+competition's baseline does (the harness scores it as returned and resizes it back only for
+PSNR/SSIM). Resize, blur and median are differentiable (no ``no_grad`` inside), so adaptive
+attacks can back-propagate through them; JPEG goes through PIL and is not.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,8 @@ class ClassicalDefense:
         self.device = resolve_device(device)
 
     def apply_defense(self, images: torch.Tensor) -> torch.Tensor:
-        """Purify float ``(B, 3, H, W)`` images in [0, 1]; same shape, dtype, device, in [0, 1]."""
+        """Purify float ``(B, 3, H, W)`` images in [0, 1]; same dtype and device, in [0, 1]
+        (same shape except for ``ResizeDefense``)."""
         check_images(images)
         return self.purify(images).clamp(0.0, 1.0).to(images.dtype)
 
@@ -50,32 +51,48 @@ class IdentityDefense(ClassicalDefense):
         return images.clone()
 
 
-class ResizeDefense(ClassicalDefense):
-    """Down-scale by ``scale`` then back up to the input size (bilinear, antialiased).
+def _check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+    return float(scale)
 
-    The competition's baseline defense. The small side is ``max(1, floor(H * scale))``.
-    """
+
+def _antialiased_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of ``(B, 3, H, W)`` to ``size`` (torchvision's
+    ``transforms.Resize`` on tensors, without torchvision)."""
+    if images.dtype not in (torch.float32, torch.float64):
+        images = images.float()  # antialiased interpolation has no half kernels on the CPU
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(int(scale * height), int(scale * width))``, each at least 1: the organisers'
+    ``int(0.5 * H), int(0.5 * W)`` for ``scale`` 0.5."""
+    return max(1, int(scale * height)), max(1, int(scale * width))
+
+
+class ResizeDefense(ClassicalDefense):
+    """The competition's baseline: resize to ``int(scale * H) x int(scale * W)`` (bilinear,
+    antialiased) and return that smaller image, as the organisers' ``MetricModel.defense``
+    does. A 65x97 input comes back 32x48."""
 
     def __init__(self, device: str | torch.device = "cpu", scale: float = 0.5) -> None:
         super().__init__(device)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-            raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
-        self.scale = scale
+        self.scale = _check_scale(scale)
 
     def hyperparameters(self) -> dict[str, object]:
         return {"scale": self.scale}
 
     def purify(self, images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        small = (max(1, math.floor(height * self.scale)), max(1, math.floor(width * self.scale)))
-        if images.dtype not in (torch.float32, torch.float64):
-            images = images.float()  # antialiased interpolation has no half kernels on the CPU
-        down = F.interpolate(
-            images, size=small, mode="bilinear", align_corners=False, antialias=True
-        )
-        return F.interpolate(
-            down, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-        )
+        return _antialiased_resize(images, scaled_size(*images.shape[-2:], self.scale))
+
+
+class DownUpResizeDefense(ResizeDefense):
+    """Resize by ``scale`` and back up to the input size (bilinear, antialiased): a blur that
+    keeps the shape. Not the competition's baseline (that is ``ResizeDefense``)."""
+
+    def purify(self, images: torch.Tensor) -> torch.Tensor:
+        return _antialiased_resize(super().purify(images), tuple(images.shape[-2:]))
 
 
 class JpegDefense(ClassicalDefense):

@@ -1,8 +1,9 @@
 """Defenses by name: ``make_defense(name, device)`` for ``test.py --defense`` and experiments.
 
 A factory takes a device and returns an object with ``apply_defense(images)`` (float
-``(B, 3, H, W)`` in [0, 1] -> same shape, dtype and device in [0, 1]). Add new defenses with
-``register_defense``; heavy ones import their code inside the factory.
+``(B, 3, H, W)`` in [0, 1] -> same dtype and device in [0, 1]; ``resize``, the competition's
+baseline, returns the half-size image, every other defense here the input's shape). Add new
+defenses with ``register_defense``; heavy ones import their code inside the factory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from defenses.classical import (
+    DownUpResizeDefense,
     GaussianBlurDefense,
     IdentityDefense,
     JpegDefense,
@@ -70,6 +72,7 @@ def diffpure_defense(
 DEFENSES: dict[str, DefenseFactory] = {
     "none": IdentityDefense,
     "resize": ResizeDefense,
+    "resize_updown": DownUpResizeDefense,
     "jpeg": JpegDefense,
     "blur": GaussianBlurDefense,
     "median": MedianDefense,

@@ -28,6 +28,12 @@ defenses on the same images. The targets of issue 5 are checked for every defens
 ``none``: Gain <= min(3 %, best classical Gain / 3), Quality >= the undefended attacked
 Quality, SRCC >= 0.97, clean-input Gain <= 2 %, time <= 1x Linearity (goal 0.5x).
 
+The report opens with what the competition ranks: each defense's Gain, Quality and SRCC minus
+the baseline's (``resize``: x0.5, returned at half size), positive = better. ``--judge METRIC
+DATA_DIR`` (repeatable) scores every defense again under another metric on its own attacked
+set, a panel of judges in one command, so a choice that only one proxy likes shows; each
+judge adds its own difference table.
+
 Unless ``--no-memory``, the peak resident memory of purifying a synthetic 4000x3000 photo in a
 fresh process (``scripts/peak_memory.py``: ``Defense.apply_defense`` on the whole image and the
 purify CLI's tiled path) is measured once and reported in a "Memory" section (target 4 GB).
@@ -163,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. weights/standin-metric-alt-v1, for transfer figures); overrides --checkpoint-dir",
     )
     parser.add_argument(
+        "--judge",
+        nargs=2,
+        action="append",
+        type=Path,
+        default=[],
+        metavar=("METRIC", "DATA_DIR"),
+        help="also score every defense under METRIC (a stand-in folder or p1q2.pth-format "
+        "file) on DATA_DIR (attacked against it); repeatable",
+    )
+    parser.add_argument(
         "--weights", type=Path, default=None, help="denoiser folder (default: newest release)"
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
@@ -246,18 +262,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         common = select_pairs(pairs, min(subsets.values())) if subsets else pairs
         grid_pairs = [] if args.no_grid else choose_grid_pairs(common, args.grid_rows)
+        run_options = {
+            "subsets": subsets,
+            "batch_size": args.batch_size,
+            "device": device,
+            "num_workers": args.num_workers,
+            "progress": not args.no_progress,
+        }
+        judge_panels = []
+        for judge_metric, judge_data in args.judge:
+            judge_pairs = select_pairs(harness.collect_pairs(judge_data), args.limit)
+            judge_panels.append((judge_metric, judge_data, judge_pairs))
+            new_sizes = {image_hw(p.attacked) for p in judge_pairs} - set(linearity)
+            if new_sizes:
+                linearity.update(
+                    linearity_seconds(new_sizes, reference_model(), args.linearity_repeats, device)
+                )
         runs = run_benchmark(
-            pairs,
-            defenses,
-            metric,
-            linearity,
-            subsets=subsets,
-            grid_pairs=grid_pairs,
-            batch_size=args.batch_size,
-            device=device,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
+            pairs, defenses, metric, linearity, grid_pairs=grid_pairs, **run_options
         )
+        judges = {}
+        for judge_metric, judge_data, judge_pairs in judge_panels:
+            label = f"{judge_metric} on `{judge_data}` ({len(judge_pairs)} images)"
+            logger.info("judge %s", label)
+            judges[label] = run_benchmark(
+                judge_pairs,
+                defenses,
+                MetricModel(device, judge_metric).eval(),
+                linearity,
+                **run_options,
+            )
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"benchmark.py: error: {err}") from err
 
@@ -292,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["memory"] = memory
     json_path = args.json or output_dir / "benchmark.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(to_json(runs, meta), indent=1) + "\n")
+    record = to_json(runs, meta)
+    record["judges"] = {label: to_json(judge, {})["defenses"] for label, judge in judges.items()}
+    json_path.write_text(json.dumps(record, indent=1) + "\n")
     grid_link = None
     if grid_pairs:
         from scripts.comparison_plots import draw_grid
@@ -303,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid_link = os.path.relpath(grid_path.resolve(), markdown_path.resolve().parent)
         print(f"wrote {grid_path}")
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(render_markdown(runs, meta, grid_link))
+    markdown_path.write_text(render_markdown(runs, meta, grid_link, judges))
     print("\n".join(summary_table(runs)))
     print(f"wrote {markdown_path} and {json_path}")
     return 0

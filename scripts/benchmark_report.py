@@ -146,6 +146,74 @@ def summary_table(runs: Mapping[str, DefenseRun]) -> list[str]:
     return _table(header, rows)
 
 
+BASELINE = "resize"
+"""The competition's baseline: resize x0.5, returned at half size (``defenses.ResizeDefense``)."""
+
+
+def _against(run: DefenseRun, baseline: DefenseRun) -> list[dict[str, Any]]:
+    """``test.baseline_differences`` of ``run`` against ``baseline`` on ``run``'s images."""
+    return harness.baseline_differences(run.rows(), baseline.restricted(run.pair_keys()).rows())
+
+
+def baseline_summary_table(
+    runs: Mapping[str, DefenseRun], baseline: str = BASELINE
+) -> list[str]:
+    """All Attacks: each defense's Gain, Quality and SRCC minus the baseline's (positive =
+    better, as the competition ranks), beside the absolute figures, and how many of the
+    three it wins."""
+    if baseline not in runs:
+        return [f"(the baseline `{baseline}` was not run)"]
+    base = runs[baseline]
+    header = ["Defense", "Gain vs baseline ↑", "Quality vs baseline ↑", "SRCC vs baseline ↑"]
+    header += ["Wins", "Gain (%)", "Quality", "SRCC"]
+    rows = []
+    for name, run in runs.items():
+        if name == baseline:
+            continue
+        diff = _against(run, base)[-1]
+        values = [diff[column] for column in harness.BASELINE_DIFFERENCES]
+        wins = sum(1 for v in values if v > 0)
+        total = run.total()
+        cells = [column_name(run)]
+        cells += [f"{v:+.2f}" if i == 0 else f"{v:+.4f}" for i, v in enumerate(values)]
+        cells += [f"{wins}/3", _fmt(total["Gain Score"], 2)]
+        cells += [_fmt(total["Quality Score"], 4), _fmt(total["SRCC"], 4)]
+        rows.append(cells)
+    total = base.total()
+    rows.append(
+        [f"{baseline} (the baseline)", "0", "0", "0", "–", _fmt(total["Gain Score"], 2)]
+        + [_fmt(total["Quality Score"], 4), _fmt(total["SRCC"], 4)]
+    )
+    return _table(header, rows)
+
+
+def baseline_per_attack_tables(
+    runs: Mapping[str, DefenseRun], baseline: str = BASELINE
+) -> list[str]:
+    """Per attack, one table per metric: each defense minus the baseline (positive = better)."""
+    if baseline not in runs:
+        return []
+    others = [n for n in runs if n != baseline]
+    diffs = {
+        n: {row["Attack"]: row for row in _against(runs[n], runs[baseline])} for n in others
+    }
+    attacks = sorted({r.attack for n in others for r in runs[n].records})
+    lines = []
+    for column in harness.BASELINE_DIFFERENCES:
+        digits = 2 if column.startswith("Gain") else 4
+        lines += ["", f"### {column} (positive = better)", ""]
+        rows = []
+        for attack in [*attacks, harness.ALL_ATTACKS]:
+            cells = [attack]
+            for name in others:
+                row = diffs[name].get(attack)
+                value = row[column] if row else math.nan
+                cells.append("n/a" if math.isnan(value) else f"{value:+.{digits}f}")
+            rows.append(cells)
+        lines += _table(["Attack", *(column_name(runs[n]) for n in others)], rows)
+    return lines
+
+
 def targets_table(runs: Mapping[str, DefenseRun]) -> list[str]:
     names = [n for n in runs if n != "none"]
     if not names:
@@ -203,10 +271,23 @@ def _bfloat16_note(machine: Mapping[str, Any], device: str = "cpu") -> str:
     return f", {kind} {'with' if machine['native_bfloat16'] else 'without'} native bfloat16"
 
 
+def judges_section(judges: Mapping[str, Mapping[str, DefenseRun]]) -> list[str]:
+    """For each other judge (label -> its runs): the differences from the baseline and the
+    absolute figures, All Attacks."""
+    lines = []
+    for label, runs in judges.items():
+        lines += ["", f"### Judge: {label}", "", *baseline_summary_table(runs)]
+    return lines
+
+
 def render_markdown(
-    runs: Mapping[str, DefenseRun], meta: Mapping[str, Any], grid: str | None = None
+    runs: Mapping[str, DefenseRun],
+    meta: Mapping[str, Any],
+    grid: str | None = None,
+    judges: Mapping[str, Mapping[str, DefenseRun]] | None = None,
 ) -> str:
-    """``BENCHMARKS.md``: command, date, machine, summary, targets, per-attack tables."""
+    """``BENCHMARKS.md``: command, date, machine, the differences from the baseline (under
+    every judge), summary, targets, per-attack tables."""
     machine = meta["machine"]
     bfloat16 = _bfloat16_note(machine, meta["device"])
     timing = ", ".join(f"{k}: {v:.3f} s" for k, v in meta["linearity_seconds"].items())
@@ -241,6 +322,20 @@ def render_markdown(
         "survives purification. Clean columns: the clean references through the defense. "
         "Time: seconds per image over one Linearity forward on the same image size, measured "
         "in this run.",
+        "",
+        "## Against the competition's baseline",
+        "",
+        "The competition ranks a defense by its difference from the baseline on each of Gain, "
+        f"Quality and SRCC. The baseline is `{BASELINE}`: resize x0.5 (bilinear, antialiased), "
+        "returned at half size and scored as returned (PSNR/SSIM resize it back). Differences "
+        "are signed so that positive is better: baseline Gain minus the defense's; the "
+        "defense's Quality and SRCC minus the baseline's.",
+        "",
+        f"### Judge: {meta['metric']} on `{meta['data_dir']}`",
+        "",
+        *baseline_summary_table(runs),
+        *baseline_per_attack_tables(runs),
+        *judges_section(judges or {}),
         "",
         "## All attacks",
         "",

@@ -45,7 +45,8 @@ DIFFUSION = ("diffpure", "ddpm")
 DEFAULT_DEFENSES = ("none", *CLASSICAL, *DIFFUSION)
 LABELS = {
     "none": "none (undefended)",
-    "resize": "resize x0.5",
+    "resize": "baseline: resize x0.5 (half-size output)",
+    "resize_updown": "resize x0.5 and back (down-up blur)",
     "jpeg": "JPEG q50",
     "blur": "Gaussian blur 3x3",
     "median": "median 3x3",

@@ -34,7 +34,8 @@ def draw_grid(
 ) -> Path:
     """PNG grid: one row per pair; columns reference, attacked, then each defense's output
     (``none`` omitted: it is the attacked image). Titles give f, Gain and Quality of the whole
-    image; tiles show centre crops of ``crop`` px. Needs matplotlib (the ``plot`` extra)."""
+    image; tiles show centre crops of ``crop`` px, outputs of another size resized to the
+    reference's first. Needs matplotlib (the ``plot`` extra)."""
     Figure = _figure_class()
     columns = [n for n in runs if n != "none"]
     fig = Figure(
@@ -63,9 +64,11 @@ def draw_grid(
             run = runs[name]
             if key in run.captured:
                 rec = run.record(key)
+                # a smaller output (the half-size baseline) is shown as PSNR/SSIM see it
+                shown = harness.resized_to(run.captured[key][None], reference.shape[-2:])[0]
                 tiles.append(
                     (
-                        run.captured[key],
+                        shown,
                         f"{column_name(run)}\nf={rec.defense_score:.2f} "
                         f"gain {rec.gain:.1f}%\nQ={rec.quality:.3f}",
                     )

@@ -45,7 +45,8 @@ from clive_data import (  # noqa: E402
 )
 from image_io import list_images, load_images_uint8, random_window  # noqa: E402
 from iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss  # noqa: E402
-from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec  # noqa: E402
+from metrics.mobilenet_v2 import MobileNetV2Spec, load_pretrained_trunk  # noqa: E402
+from model import IMAGENET_MEAN, IMAGENET_STD, AnyTrunkSpec, IQAModel, TrunkSpec  # noqa: E402
 from scripts.denoiser_run import check_output_free  # noqa: E402
 from standin_metric import STANDIN_SPEC, save_standin, spec_to_dict  # noqa: E402
 from synthetic_distortions import (  # noqa: E402
@@ -65,14 +66,23 @@ PRETRAIN_INFO_FILE = "trunk.json"  # written beside the trunk by pretrain_metric
 def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
     """``--blocks --groups --width-per-group --stem-width`` (default: the stand-in's shape)."""
     add = parser.add_argument
+    add(
+        "--trunk",
+        choices=("resnext", "mobilenet_v2"),
+        default="resnext",
+        help="resnext: the shape below; mobilenet_v2: MobileNetV2 1.0 (start it from the "
+        "ImageNet-pretrained file with --init-trunk; the shape options do not apply)",
+    )
     add("--blocks", type=int, nargs=4, default=list(STANDIN_SPEC.blocks), help="per stage")
     add("--groups", type=int, default=STANDIN_SPEC.groups)
     add("--width-per-group", type=int, default=STANDIN_SPEC.width_per_group)
     add("--stem-width", type=int, default=STANDIN_SPEC.stem_width)
 
 
-def trunk_spec(args: argparse.Namespace) -> TrunkSpec:
-    """The ``TrunkSpec`` the ``add_trunk_arguments`` options describe."""
+def trunk_spec(args: argparse.Namespace) -> AnyTrunkSpec:
+    """The trunk spec the ``add_trunk_arguments`` options describe."""
+    if getattr(args, "trunk", "resnext") == "mobilenet_v2":
+        return MobileNetV2Spec()
     return TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
 
 
@@ -104,7 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-trunk",
         type=Path,
         default=None,
-        help="start the trunk from a trunk.safetensors of scripts/pretrain_metric_trunk.py",
+        help="start the trunk from a trunk.safetensors of scripts/pretrain_metric_trunk.py, "
+        "or (--trunk mobilenet_v2) from ../shared/pretrained/mobilenet_v2_imagenet/"
+        "mobilenet_v2_imagenet.safetensors",
     )
     p.add_argument(
         "--crop", type=positive_int, default=224, help="square training crop, native pixels"
@@ -373,7 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     model = IQAModel(spec)
     if args.init_trunk is not None:
         try:
-            load_trunk(model, args.init_trunk)
+            if isinstance(spec, MobileNetV2Spec):
+                load_pretrained_trunk(model.features, args.init_trunk)
+            else:
+                load_trunk(model, args.init_trunk)
         except ValueError as err:
             logger.error("%s", err)
             return 2
@@ -491,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def finish(
     args: argparse.Namespace,
-    spec: TrunkSpec,
+    spec: AnyTrunkSpec,
     state: TrainState,
     rows: list[MosRow],
     fit_rows: list[MosRow],

@@ -24,6 +24,7 @@ from defenses.registry import DIFFPURE_KNOBS
 from paths import ROOT
 from scripts import benchmarking
 from scripts.benchmark_report import (
+    baseline_summary_table,
     check_targets,
     records_from_json,
     render_markdown,
@@ -180,6 +181,68 @@ def test_markdown_shows_the_json_numbers(bench: dict) -> None:
     assert "`diffpure*` ran on a subset: 1 image(s) per attack" in text
     assert "## On the subset of `diffpure`" in text
     assert "- `ddpm` knobs from: provisional defaults" in text
+
+
+def test_markdown_leads_with_the_differences_from_the_real_baseline(bench: dict) -> None:
+    text, defenses = bench["markdown"], bench["json"]["defenses"]
+    assert text.index("## Against the competition's baseline") < text.index("## All attacks")
+    base = defenses["resize"]["rows"][-1]
+    table = text[text.index("## Against the competition's baseline") : text.index("## All attacks")]
+    line = next(ln for ln in table.splitlines() if ln.startswith("| ddpm |"))
+    ours = defenses["ddpm"]["rows"][-1]
+    gain = base["Gain Score"] - ours["Gain Score"]
+    quality = ours["Quality Score"] - base["Quality Score"]
+    assert f"| {gain:+.2f} | {quality:+.4f} |" in line
+    assert "### SRCC vs baseline (positive = better)" in table
+
+
+def test_baseline_summary_counts_the_metrics_won() -> None:
+    runs = {
+        "resize": _run("resize", 6.0, 0.70, 3.0, 0.02),
+        "ddpm": _run("ddpm", 4.0, 0.75, 1.0, 0.4),
+        "blur": _run("blur", 9.0, 0.65, 2.0, 0.02),
+    }
+    lines = baseline_summary_table(runs)
+    ddpm = next(ln for ln in lines if ln.startswith("| ddpm |"))
+    # Gain 6.05 -> 4.05 (+2.00), Quality +0.05, SRCC equal (1.0 for both): 2 of 3 won
+    assert ddpm.startswith("| ddpm | +2.00 | +0.0500 | +0.0000 | 2/3 | 4.05 |")
+    blur = next(ln for ln in lines if ln.startswith("| blur |"))
+    assert blur.startswith("| blur | -3.00 | -0.0500 | +0.0000 | 0/3 |")
+    assert lines[-1].startswith("| resize (the baseline) | 0 | 0 | 0 | – | 6.05 |")
+    assert baseline_summary_table({"ddpm": runs["ddpm"]}) == ["(the baseline `resize` was not run)"]
+
+
+def test_judges_score_every_defense_under_another_metric(tmp_path: Path) -> None:
+    from model import IQAModel, TrunkSpec
+    from standin_metric import save_standin
+
+    data = write_tiny_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    judge = IQAModel(TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)).eval()
+    folder = save_standin(judge, [1.0] * 3, [50.0] * 3, tmp_path / "judge", epochs=0)
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data), "--defenses", "none,resize", "--output-dir", str(out),
+            "--judge", str(folder), str(data), "--linearity-repeats", "1", "--no-grid",
+            "--no-progress", "--no-memory"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "load_metric", lambda checkpoint_dir, device: ToyMetric())
+        mp.setattr(benchmark_cli, "reference_model", tiny_linearity)
+        assert benchmark_cli.main(argv) == 0
+    text = (out / "BENCHMARKS.md").read_text()
+    label = f"{folder} on `{data}` (4 images)"
+    assert f"### Judge: {label}" in text
+    judged = json.loads((out / "benchmark.json").read_text())["judges"][label]
+    assert set(judged) == {"none", "resize"}
+    with torch.no_grad():
+        metric = benchmark_cli.MetricModel("cpu", folder)
+        first = judged["none"]["records"][0]
+        pair = next(
+            p
+            for p in harness.collect_pairs(data)
+            if (p.attack, p.attacked.name) == (first["attack"], first["name"])
+        )
+        expected = float(metric(harness.load_image(pair.attacked)[None]))
+    assert first["defense_score"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_targets_in_json_match_check_targets(bench: dict) -> None:

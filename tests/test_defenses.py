@@ -14,6 +14,7 @@ import defense
 from defense import Defense
 from defenses import DEFAULT_DEFENSE, DEFENSES, make_defense, register_defense
 from defenses.classical import (
+    DownUpResizeDefense,
     GaussianBlurDefense,
     IdentityDefense,
     JpegDefense,
@@ -23,8 +24,8 @@ from defenses.classical import (
 )
 from defenses.registry import defense_options
 
-CLASSICAL = ["none", "resize", "jpeg", "blur", "median"]
-DIFFERENTIABLE = ["none", "resize", "blur", "median"]
+CLASSICAL = ["none", "resize", "resize_updown", "jpeg", "blur", "median"]
+DIFFERENTIABLE = ["none", "resize", "resize_updown", "blur", "median"]
 
 
 def random_images(shape: tuple[int, ...] = (2, 3, 17, 23), seed: int = 0) -> torch.Tensor:
@@ -85,7 +86,8 @@ def test_register_defense_adds_and_refuses_duplicates() -> None:
 def test_shape_dtype_device_range_kept(name: str, dtype: torch.dtype) -> None:
     images = random_images().to(dtype)
     out = make_defense(name, "cpu").apply_defense(images)
-    assert out.shape == images.shape
+    # the competition's baseline returns the half-size image; every other defense keeps it
+    assert out.shape == ((2, 3, 8, 11) if name == "resize" else images.shape)
     assert out.dtype == dtype
     assert out.device == images.device
     assert out.min() >= 0 and out.max() <= 1
@@ -164,22 +166,54 @@ def test_identity_is_exact_copy() -> None:
 # --- resize -------------------------------------------------------------------------------
 
 
+def test_resize_returns_the_half_size_image_as_the_competition_baseline() -> None:
+    # the organisers' MetricModel.defense: Resize((int(0.5 * H), int(0.5 * W))), returned as is
+    out = make_defense("resize").apply_defense(random_images((2, 3, 65, 97)))
+    assert out.shape == (2, 3, 32, 48)
+    assert ResizeDefense(scale=0.75).apply_defense(random_images((1, 3, 65, 97))).shape == (
+        1,
+        3,
+        48,
+        72,
+    )
+
+
+def test_resize_is_the_antialiased_triangle_filter() -> None:
+    # a ramp 0, 1, 2, 3 (/3) halved: each output pixel is the triangle-weighted mean of its
+    # footprint (weights 3/4, 3/4, 1/4 over the pixels inside): 1.25/1.75 and 4/1.75, /3
+    ramp = (torch.arange(4.0) / 3).expand(1, 3, 2, 4).clone()
+    out = ResizeDefense().apply_defense(ramp)
+    expected = torch.tensor([1.25 / 1.75, 4 / 1.75]) / 3
+    torch.testing.assert_close(out, expected.expand(1, 3, 1, 2), atol=1e-6, rtol=0)
+
+
 def test_resize_of_constant_is_constant() -> None:
     images = torch.full((1, 3, 15, 20), 0.3)
     out = ResizeDefense().apply_defense(images)
-    torch.testing.assert_close(out, images, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, torch.full((1, 3, 7, 10), 0.3), atol=1e-6, rtol=0)
 
 
 def test_resize_removes_pixel_checkerboard() -> None:
     yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     checker = ((yy + xx) % 2).float().expand(1, 3, 16, 16)
     out = ResizeDefense().apply_defense(checker)
-    assert (out - 0.5).abs().max() < 0.02
+    assert out.shape == (1, 3, 8, 8) and (out - 0.5).abs().max() < 0.02
 
 
-def test_resize_keeps_size_of_one_pixel_images() -> None:
-    images = random_images((1, 3, 1, 5))
-    assert ResizeDefense().apply_defense(images).shape == images.shape
+def test_resize_keeps_at_least_one_pixel() -> None:
+    assert ResizeDefense().apply_defense(random_images((1, 3, 1, 5))).shape == (1, 3, 1, 2)
+
+
+def test_down_up_resize_keeps_the_shape_and_is_the_baseline_resized_back() -> None:
+    images = random_images((2, 3, 65, 97))
+    out = make_defense("resize_updown").apply_defense(images)
+    assert out.shape == images.shape
+    half = ResizeDefense().apply_defense(images)
+    back = torch.nn.functional.interpolate(
+        half, size=(65, 97), mode="bilinear", align_corners=False, antialias=True
+    )
+    torch.testing.assert_close(out, back.clamp(0, 1), atol=0, rtol=0)
+    assert repr(DownUpResizeDefense(scale=0.75)) == "DownUpResizeDefense(scale=0.75)"
 
 
 # --- JPEG ---------------------------------------------------------------------------------

@@ -229,6 +229,30 @@ def test_mixed_sizes_and_resized_output(harness, tmp_path: Path) -> None:
         assert record.source_score == pytest.approx(brightness_score(reference), rel=1e-6)
 
 
+def test_the_real_baseline_is_scored_at_half_size(harness, tmp_path: Path) -> None:
+    from defenses import make_defense
+
+    sizes = {name: (65, 97) for name in NAMES}
+    data_dir = make_dataset(tmp_path / "data", sizes)
+    seen: list[tuple[int, int]] = []
+
+    class ShapeRecordingMetric(BrightnessMetric):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(images.shape[-2:]))
+            return super().forward(images)
+
+    pairs = harness.collect_pairs(data_dir)
+    records = harness.evaluate(
+        pairs, make_defense("resize"), ShapeRecordingMetric(), batch_size=8, progress=False
+    )
+    # per batch: defended (scored as returned, 32x48), attacked, then the references
+    assert seen[0] == (32, 48) and set(seen[1:]) == {(65, 97)}
+    for record in records:
+        attacked = torch.from_numpy(read_rgb(data_dir / "attacked" / record.attack / record.name))
+        small = make_defense("resize").apply_defense(attacked.permute(2, 0, 1)[None])
+        assert record.defense_score == pytest.approx(10 + 100 * small.mean().item(), rel=1e-6)
+
+
 def test_missing_reference_names_the_file(harness, tmp_path: Path) -> None:
     data_dir = make_dataset(tmp_path / "data")
     (data_dir / "reference" / "img1.png").unlink()
@@ -517,3 +541,54 @@ def test_the_harness_refuses_what_it_cannot_score(
     monkeypatch.setattr(harness, "MetricModel", no_fallback)
     with pytest.raises(ValueError, match="MetricModel's fallback failed: no stand-in either"):
         harness.load_metric(tmp_path / "empty", torch.device("cpu"))
+
+
+def test_baseline_differences_are_signed_so_that_positive_is_better(harness) -> None:
+    rows = [
+        {"Attack": "a", "Gain Score": 4.0, "Quality Score": 0.7, "SRCC": 0.9},
+        {"Attack": "b", "Gain Score": 9.0, "Quality Score": 0.5, "SRCC": 0.6},
+        {"Attack": "All Attacks", "Gain Score": 6.5, "Quality Score": 0.6, "SRCC": 0.75},
+    ]
+    baseline = [
+        {"Attack": "a", "Gain Score": 6.0, "Quality Score": 0.6, "SRCC": 0.8},
+        {"Attack": "All Attacks", "Gain Score": 6.0, "Quality Score": 0.65, "SRCC": 0.8},
+    ]
+    diffs = {row["Attack"]: row for row in harness.baseline_differences(rows, baseline)}
+    assert diffs["a"]["Gain vs baseline"] == pytest.approx(2.0)  # 6 - 4: lower Gain is better
+    assert diffs["a"]["Quality vs baseline"] == pytest.approx(0.1)
+    assert diffs["a"]["SRCC vs baseline"] == pytest.approx(0.1)
+    assert diffs["All Attacks"]["Gain vs baseline"] == pytest.approx(-0.5)
+    assert diffs["All Attacks"]["Quality vs baseline"] == pytest.approx(-0.05)
+    assert all(math.isnan(v) for k, v in diffs["b"].items() if k != "Attack")
+
+
+def test_compare_to_writes_the_differences_from_the_baseline(
+    harness, tmp_path: Path, p1q2_checkpoint: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data_dir = make_dataset(tmp_path / "data")
+    checkpoint_dir = tmp_path / "ckpt"
+    checkpoint_dir.mkdir()
+    (checkpoint_dir / "p1q2.pth").symlink_to(p1q2_checkpoint)
+    argv = ["--data_dir", str(data_dir), "--checkpoint_dir", str(checkpoint_dir), "--no_progress"]
+    for name in ("blur", "resize"):
+        assert harness.main([*argv, "--output_dir", str(tmp_path / name), "--defense", name]) == 0
+    out = tmp_path / "both"
+    assert (
+        harness.main(
+            [*argv, "--output_dir", str(out), "--defense", "blur"] + ["--compare_to", "resize"]
+        )
+        == 0
+    )
+    assert "blur minus resize (positive = better)" in capsys.readouterr().out
+
+    def read(path: Path) -> dict[str, dict[str, str]]:
+        with path.open(newline="") as f:
+            return {row["Attack"]: row for row in csv.DictReader(f)}
+
+    blur, resize = read(tmp_path / "blur" / "scores.csv"), read(tmp_path / "resize" / "scores.csv")
+    comparison = read(out / "comparison_to_resize.csv")
+    assert list(comparison) == [*ATTACKS, "All Attacks"]
+    for attack, row in comparison.items():
+        for column, (key, sign) in harness.BASELINE_DIFFERENCES.items():
+            expected = sign * (float(blur[attack][key]) - float(resize[attack][key]))
+            assert float(row[column]) == pytest.approx(expected, rel=1e-6, abs=1e-9), column

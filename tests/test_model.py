@@ -230,11 +230,8 @@ def test_default_without_p1q2_or_standin_is_a_clear_error(
     import standin_metric
 
     monkeypatch.setattr(model, "ROOT", tmp_path)
-    original = standin_metric.load_standin
-    monkeypatch.setattr(
-        standin_metric, "load_standin", lambda device: original(device, tmp_path / "missing")
-    )
-    with pytest.raises(FileNotFoundError, match="missing"):
+    monkeypatch.setattr(standin_metric, "STANDIN_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="missing.*train_metric.py"):
         MetricModel("cpu")
 
 

@@ -116,6 +116,11 @@ def test_bad_spec_dicts_raise(info: dict) -> None:
         spec_from_dict(info)
 
 
+def test_standin_names_keep_v1_legacy_name_and_use_the_folder_otherwise(tmp_path: Path) -> None:
+    assert standin_metric.standin_name(standin_metric.STANDIN_V1_DIR) == "standin"
+    assert standin_metric.standin_name(tmp_path / "standin-metric-v2") == "standin-metric-v2"
+
+
 def test_spec_dict_roundtrip() -> None:
     assert spec_from_dict(spec_to_dict(TINY)) == TINY
 
@@ -123,13 +128,10 @@ def test_spec_dict_roundtrip() -> None:
 def test_metric_model_scores_with_standin_and_passes_gradients(
     standin_folder: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real_load = standin_metric.load_standin
-    monkeypatch.setattr(
-        standin_metric, "load_standin", lambda device: real_load(device, standin_folder)
-    )
+    monkeypatch.setattr(standin_metric, "STANDIN_DIR", standin_folder)
     monkeypatch.setattr(model_module, "default_checkpoint", lambda: tmp_path / "absent.pth")
     metric = MetricModel("cpu")
-    assert metric.name == "standin"
+    assert metric.name == standin_folder.name == "standin"
     image = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(2))
     image.requires_grad_(True)
     score = metric(image)
