@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from devices import resolve_device
+from common.devices import resolve_device
 from purifier import (
     DiffusionPurifier,
     PurifierConfig,

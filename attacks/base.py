@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from image_checks import check_images
+from common.image_checks import check_images
 
 EOTTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``(x, generator) -> x'``: a random, differentiable transform of ``(B, 3, H, W)`` images."""

@@ -23,28 +23,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from accelerate import PartialState
+from PIL import Image
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from atomic_write import write_text_atomic  # noqa: E402
-from attacks.registry import ATTACKS, make_attack  # noqa: E402
-from attacks.uap import metric_tag  # noqa: E402
-from cli_options import device_name, run_main  # noqa: E402
-from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
-from image_io import centre_crop, list_images, load_image, save_image  # noqa: E402
-from paths import default_data_dir  # noqa: E402
-from seeds import name_seed  # noqa: E402
+from attacks.registry import ATTACKS, make_attack
+from attacks.uap import metric_tag
+from common.atomic_write import write_text_atomic
+from common.cli_options import device_name
+from common.data_parallel import (
+    gather_objects,
+    process_device,
+    process_group,
+    take_shard,
+)
+from common.image_io import centre_crop, list_images, load_image, save_image
+from common.paths import default_data_dir
+from common.seeds import name_seed
 
 logger = logging.getLogger("make_dataset")
 
@@ -305,6 +306,3 @@ def main(argv: Sequence[str] | None = None) -> DatasetSummary:
             )
     return summary
 
-
-if __name__ == "__main__":
-    run_main(main, "make_dataset.py")

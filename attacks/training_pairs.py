@@ -24,7 +24,7 @@ import torch
 from attacks.base import Attack, check_int
 from attacks.eot import GaussianNoise
 from attacks.registry import ATTACKS, make_attack
-from image_checks import check_images
+from common.image_checks import check_images
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
 

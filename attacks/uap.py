@@ -21,8 +21,8 @@ from einops import repeat
 from safetensors.torch import load_file, save_file
 
 from attacks.base import Attack
-from paths import WEIGHTS_DIR
-from weights_manifest import MANIFEST, verify_manifest
+from common.paths import WEIGHTS_DIR
+from common.weights_manifest import MANIFEST, verify_manifest
 
 EPS = 10 / 255
 PERTURBATION_FILE = "perturbation.safetensors"

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from attacks.base import check_int, check_number
-from image_io import load_image, random_window
+from common.image_io import load_image, random_window
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from devices import resolve_device
-from schedulers.timestep_spacing import NUM_TRAIN_TIMESTEPS
+from common.devices import resolve_device
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (thread counts, steps, batch sizes)."""
-    value = _int(text)
+    value = integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
@@ -24,7 +23,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (sizes where 0 means "none")."""
-    value = _int(text)
+    value = integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
@@ -38,16 +37,6 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def noise_level(text: str) -> int:
-    """A diffusion noise level (training step) in ``1..NUM_TRAIN_TIMESTEPS - 1``."""
-    value = _int(text)
-    if not 1 <= value < NUM_TRAIN_TIMESTEPS:
-        raise argparse.ArgumentTypeError(
-            f"must be a noise level in 1..{NUM_TRAIN_TIMESTEPS - 1}, got {text!r}"
-        )
     return value
 
 
@@ -79,49 +68,8 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_purifier_knobs(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The purifier's knobs as options (``--t-star`` ... ``--precision``), each None unless
-    given, for ``purifier.config.config_from_options``."""
-    from diffusion.precision import PRECISIONS
-    from schedulers import SAMPLERS, SPACINGS
-
-    add = parser.add_argument
-    add("--t-star", type=noise_level, default=None, help="noise level (training step)")
-    add("--steps", type=positive_int, default=None, help="reverse diffusion steps")
-    add("--sampler", choices=SAMPLERS, default=None)
-    add("--spacing", choices=SPACINGS, default=None)
-    add("--ensemble", type=positive_int, default=None, help="average N stochastic runs")
-    add("--unsharp-amount", type=float, default=None, help="0 disables")
-    add("--unsharp-radius", type=float, default=None, help="blur std in px")
-    add(
-        "--gate",
-        type=float,
-        default=None,
-        help="leave images whose estimated perturbation (RMS, 1/255) is below this; 0: off",
-    )
-    add(
-        "--t-star-max",
-        type=int,
-        default=None,
-        help="per-image noise level: rises from --t-star to this with the estimated "
-        "perturbation strength; 0: every image at --t-star",
-    )
-    add(
-        "--strength-ramp",
-        type=float,
-        default=None,
-        help="estimated perturbation (RMS, 1/255) at which --t-star-max is reached",
-    )
-    add(
-        "--precision",
-        choices=PRECISIONS,
-        default=None,
-        help="denoiser arithmetic: auto (bfloat16 where the hardware runs it natively), "
-        "float32 (identical results across machines) or bfloat16",
-    )
-
-
-def _int(text: str) -> int:
+def integer(text: str) -> int:
+    """Any integer, as an ``argparse`` type."""
     try:
         return int(text)
     except ValueError:

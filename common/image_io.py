@@ -23,8 +23,8 @@ from einops import rearrange
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from atomic_write import TEMP_SUFFIX, write_atomic
-from image_checks import check_images
+from common.atomic_write import TEMP_SUFFIX, write_atomic
+from common.image_checks import check_images
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from devices import resolve_device
-from image_checks import check_images
-from image_io import jpeg_round_trip
+from common.devices import resolve_device
+from common.image_checks import check_images
+from common.image_io import jpeg_round_trip
 
 
 class ClassicalDefense:

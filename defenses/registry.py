@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from common.devices import resolve_device
 from defenses.classical import (
     DownUpResizeDefense,
     GaussianBlurDefense,
@@ -23,7 +24,6 @@ from defenses.classical import (
     MedianDefense,
     ResizeDefense,
 )
-from devices import resolve_device
 
 
 class PurifyingDefense(Protocol):

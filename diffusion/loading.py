@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
+from common.weights_manifest import verify_manifest
 from diffusion.denoiser import PixelUnshuffleUNet
-from weights_manifest import verify_manifest
 
 logger = logging.getLogger(__name__)
 

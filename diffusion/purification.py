@@ -14,8 +14,8 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
+from common.image_checks import check_images
 from diffusion.noise import sigma_to_timestep
-from image_checks import check_images
 
 
 def make_generator(seed_or_generator: torch.Generator | int | None) -> torch.Generator:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.benchmarking import (
+from evaluation.benchmarking import (
     CLASSICAL,
     SCORE_SHIFT,
     TIME_RATIO,
@@ -18,7 +18,7 @@ from scripts.benchmarking import (
     harness,
     json_ready,
 )
-from scripts.peak_memory import memory_markdown
+from evaluation.peak_memory import memory_markdown
 
 # Targets of issue 5.
 GAIN_MAX = 3.0

@@ -1,45 +1,43 @@
 """The benchmark's machinery, shared by ``scripts/benchmark.py`` and ``scripts/tune.py``.
 
-Defenses are scored with ``test.py``'s own ``evaluate`` and ``aggregate`` (loaded by path as
-``harness``), on attacked images and on the clean references. Run time is a ratio: seconds per
-image over one forward of Linearity (ResNeXt-101 32x8d ``model.IQAModel()``, random init, eval,
-no_grad, batch 1) on an image of the same size, measured in the same run.
+Defenses are scored with the harness's own ``evaluate`` and ``aggregate``
+(``evaluation.harness``, which ``test.py`` runs), on attacked images and on the clean
+references. Run time is a ratio: seconds per image over one forward of Linearity
+(ResNeXt-101 32x8d ``metrics.linearity.IQAModel()``, random init, eval, no_grad, batch 1)
+on an image of the same size, measured in the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
 import os
 import platform
 import statistics
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
+from common.devices import synchronize
+from common.image_io import load_image
+from common.paths import ROOT
 from defenses.chain import ChainedDefense
 from defenses.registry import PurifyingDefense, defense_options, diffpure_defense, make_defense
-from devices import synchronize
 from diffusion.precision import has_native_bfloat16
-from image_io import load_image
-from model import IQAModel
-from paths import ROOT
+from evaluation import harness
+from metrics.linearity import IQAModel
 from purifier.config import PurifierConfig
 
 logger = logging.getLogger(__name__)
 
-HARNESS_NAME = "competition_harness"
 CLASSICAL = ("resize", "jpeg", "blur", "median")
 DIFFUSION = ("diffpure", "ddpm")
 DEFAULT_DEFENSES = ("none", *CLASSICAL, *DIFFUSION)
@@ -62,20 +60,6 @@ PairKey = tuple[str, str]
 """``(attack, attacked file name)``: identifies a pair and its record."""
 
 
-def load_harness() -> ModuleType:
-    """``test.py`` loaded by path (``test`` would shadow the standard library), once."""
-    if HARNESS_NAME in sys.modules:
-        return sys.modules[HARNESS_NAME]
-    spec = importlib.util.spec_from_file_location(HARNESS_NAME, ROOT / "test.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {ROOT / 'test.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[HARNESS_NAME] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = load_harness()
 ImagePair = harness.ImagePair
 ImageRecord = harness.ImageRecord
 

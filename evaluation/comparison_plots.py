@@ -8,9 +8,9 @@ from typing import Any
 
 from einops import rearrange
 
-from image_io import centre_crop, load_image
-from scripts.benchmark_report import column_name
-from scripts.benchmarking import DefenseRun, harness, pair_key
+from common.image_io import centre_crop, load_image
+from evaluation.benchmark_report import column_name
+from evaluation.benchmarking import DefenseRun, harness, pair_key
 
 
 def require_matplotlib() -> None:
@@ -105,7 +105,7 @@ def draw_pareto(
     quality) as a line; ``chosen`` as a red star; ``baselines`` (name -> figures with
     ``gain``/``quality``) as grey squares; the undefended Quality as a dashed line.
     """
-    from scripts.tuning import pareto_front
+    from evaluation.tuning import pareto_front
 
     measured = [t for t in trials if not t.skipped]
     if not measured:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +25,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cli_options import positive_int, report_file, run_main  # noqa: E402
-from image_io import ImageReadError, list_folders, list_images, load_image  # noqa: E402
-from paths import WEIGHTS_DIR  # noqa: E402
-from purifier import PerturbationDetector, load_detector, newest_detector  # noqa: E402
+from common.cli_options import positive_int, report_file
+from common.image_io import ImageReadError, list_folders, list_images, load_image
+from common.paths import WEIGHTS_DIR
+from purifier import PerturbationDetector, load_detector, newest_detector
 
 logger = logging.getLogger("eval_detector")
 
@@ -161,6 +158,3 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_text(json.dumps({**record, **raw}, indent=1) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "eval_detector.py")

@@ -33,20 +33,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from atomic_write import write_text_atomic  # noqa: E402
-from cli_options import device_name, markdown_report, noise_level, positive_int, run_main  # noqa: E402
-from image_io import load_image  # noqa: E402
-from paths import ROOT, WEIGHTS_DIR  # noqa: E402
-from purifier import DiffusionPurifier, load_default_config  # noqa: E402
-from scripts.benchmarking import (  # noqa: E402
+from common.atomic_write import write_text_atomic
+from common.cli_options import device_name, markdown_report, positive_int
+from common.image_io import load_image
+from common.paths import ROOT, WEIGHTS_DIR
+from evaluation.benchmarking import (
     CLEAN,
     clean_pairs,
     harness,
     score_shift,
     select_pairs,
 )
+from purifier import DiffusionPurifier, load_default_config
+from purifier.options import noise_level
 
 Correction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KINDS = ("none", "blend", "lowpass", "deadzone")
@@ -246,6 +245,3 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(json.dumps(results, indent=2) + "\n", args.output.with_suffix(".json"))
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "fidelity_probe.py")

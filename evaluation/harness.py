@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Score a defense of the Linearity metric the way the MSU competition harness does.
 
 Layout: ``DATA_DIR/attacked/<attack>/<image>`` and ``DATA_DIR/reference/<image>`` (same file
@@ -33,7 +32,6 @@ import csv
 import json
 import logging
 import math
-import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,9 +49,11 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from tqdm import tqdm
 
+from common.image_checks import check_images
+from common.image_io import DECODE_ERRORS, ImageReadError, list_folders, list_images, load_image
 from defenses.registry import DEFAULT_DEFENSE, DEFENSES, PurifyingDefense, make_defense
-from image_io import DECODE_ERRORS, ImageReadError, list_folders, list_images, load_image
-from model import CHECKPOINT_NAME, MetricModel, check_images
+from metrics.linearity import CHECKPOINT_NAME
+from model import MetricModel
 
 logger = logging.getLogger("test")
 
@@ -536,6 +536,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {write_comparison(differences, args.output_dir, args.compare_to)}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,14 +33,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from atomic_write import write_text_atomic  # noqa: E402
-from cli_options import device_name, markdown_report, noise_level, positive_int, run_main  # noqa: E402
-from image_io import load_image  # noqa: E402
-from paths import ROOT, WEIGHTS_DIR  # noqa: E402
-from scripts.benchmarking import harness, select_pairs  # noqa: E402
-from scripts.fidelity_probe import fixed_level_purifiers, lowpass  # noqa: E402
+from common.atomic_write import write_text_atomic
+from common.cli_options import device_name, markdown_report, positive_int
+from common.image_io import load_image
+from common.paths import ROOT, WEIGHTS_DIR
+from evaluation.benchmarking import harness, select_pairs
+from evaluation.fidelity_probe import fixed_level_purifiers, lowpass
+from purifier.options import noise_level
 
 FIGURES = ("leak", "residue", "hf_share")
 ALL = "All Attacks"
@@ -185,6 +184,3 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(json.dumps(payload, indent=2) + "\n", args.output.with_suffix(".json"))
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "leak_probe.py")

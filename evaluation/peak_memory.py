@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Peak memory of purifying one large photo on CPU (issue 6, part 6: <= 4 GB at 4000 x 3000).
 
 Sizes are in GiB (2^30 bytes); the target "4 GB" is read as 4 GiB, and the exact byte count is
@@ -38,17 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common.cli_options import positive_float, positive_int, report_file
+from purifier.options import noise_level
 
-from cli_options import (  # noqa: E402
-    noise_level,
-    positive_float,
-    positive_int,
-    report_file,
-)
-
-SCRIPT = Path(__file__).resolve()
-REPO = SCRIPT.parent.parent
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "peak_memory.py"
 MODES = ("defense", "purify")
 TARGET_GIB = 4.0
 PHOTO_HEIGHT, PHOTO_WIDTH = 3000, 4000
@@ -232,8 +225,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"the defense changed the shape to {tuple(out.shape)}")
         tile = overlap = None
     else:
-        from image_io import save_image
-        from scripts import purify
+        from common.image_io import save_image
+        from purifier import cli as purify
 
         knobs = ["--seed", str(args.seed)]
         for flag, value in (
@@ -323,8 +316,8 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     """A usage error, before any subprocess starts, for a knob the measurement would refuse
     (the subprocess imports torch and the defense; this parent does so only to check)."""
     from purifier import resolve_weights
+    from purifier.cli import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiling_error
     from purifier.config import load_default_config
-    from scripts.purify import DEFAULT_TILE, DEFAULT_TILE_OVERLAP, tiling_error
 
     try:
         load_default_config().override(
@@ -380,6 +373,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(text + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

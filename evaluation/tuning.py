@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from atomic_write import write_text_atomic
-from image_io import list_images
+from common.atomic_write import write_text_atomic
+from common.image_io import list_images
+from evaluation.benchmarking import TIME_RATIO, DefenseRun, json_ready, run_defense
 from purifier import PurifierConfig, load_default_config
 from schedulers import nearest_ddim_t_star
-from scripts.benchmarking import TIME_RATIO, DefenseRun, json_ready, run_defense
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def build_tuning_set(
     The chosen photos are linked (copied where links fail) into ``out_dir/sources`` and handed
     to ``make_dataset``; the result has the competition layout. Returns ``out_dir``.
     """
-    from scripts.make_dataset import make_dataset
+    from attacks.dataset import make_dataset
 
     clean_dir, out_dir = Path(clean_dir), Path(out_dir)
     if not images:

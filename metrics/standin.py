@@ -19,11 +19,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import paths
-from atomic_write import save_tensors
+from common import paths
+from common.atomic_write import save_tensors
+from common.weights_manifest import MANIFEST, verify_manifest, write_manifest
+from metrics.linearity import AnyTrunkSpec, IQAModel, TrunkSpec
 from metrics.mobilenet_v2 import MobileNetV2Spec
-from model import AnyTrunkSpec, IQAModel, TrunkSpec
-from weights_manifest import MANIFEST, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

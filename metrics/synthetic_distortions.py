@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from image_io import jpeg_round_trip
+from common.image_io import jpeg_round_trip
 
 N_LEVELS = 5
 BLUR_SIGMA = (0.7, 1.1, 1.6, 2.4, 3.5)

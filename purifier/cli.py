@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Purify every image in a folder (recursively) into another folder with the diffusion purifier.
 
     purify photos/ purified/
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -38,28 +36,32 @@ from accelerate import PartialState
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cli_options import add_purifier_knobs, device_name, positive_int  # noqa: E402
-from data_parallel import gather_objects, process_device, process_group, take_shard  # noqa: E402
-from image_io import ImageReadError, load_image, save_image, temp_file_target  # noqa: E402
-from paths import WEIGHTS_DIR  # noqa: E402
-from purifier import (  # noqa: E402
+from common.cli_options import device_name, positive_int
+from common.data_parallel import (
+    gather_objects,
+    process_device,
+    process_group,
+    take_shard,
+)
+from common.image_io import ImageReadError, load_image, save_image, temp_file_target
+from common.paths import WEIGHTS_DIR
+from common.seeds import name_seed
+from purifier import (
     DiffusionPurifier,
     MissingDetectorError,
     MissingWeightsError,
     resolve_detector,
     resolve_weights,
 )
-from purifier.config import config_from_options, load_default_config  # noqa: E402
-from purifier.folder_plan import (  # noqa: E402
+from purifier.config import config_from_options, load_default_config
+from purifier.folder_plan import (
     FolderPlan,
     Job,
     batches_by_size,
     pixel_counts,
     plan_folder,
 )
-from seeds import name_seed  # noqa: E402
+from purifier.options import add_purifier_knobs
 
 logger = logging.getLogger("purify")
 MIN_TILE = 16
@@ -309,6 +311,3 @@ def _purify(
         return purifier(images, generator)
     return purifier.tiled(images, tile, overlap, generator, desc="tiles" if progress else None)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

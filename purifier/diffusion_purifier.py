@@ -12,10 +12,10 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
-from devices import resolve_device
+from common.devices import resolve_device
+from common.image_checks import check_images
 from diffusion import load_denoiser, make_generator, purify
 from diffusion.precision import compute_dtype
-from image_checks import check_images
 from purifier.config import PurifierConfig, check_config, load_default_config
 from purifier.perturbation_detector import PerturbationDetector, load_detector, newest_detector
 from purifier.tiling import fits_one_tile, tiled_apply_windows

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from image_io import DECODE_ERRORS, IMAGE_EXTENSIONS, list_files, list_images
+from common.image_io import DECODE_ERRORS, IMAGE_EXTENSIONS, list_files, list_images
 
 DEFAULT_SUFFIX = ".png"
 

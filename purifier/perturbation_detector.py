@@ -30,10 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from atomic_write import staged_folder
-from image_checks import check_images
+from common.atomic_write import staged_folder
+from common.image_checks import check_images
+from common.weights_manifest import MANIFEST, verify_manifest, write_manifest
 from purifier.weights import newest_folder
-from weights_manifest import MANIFEST, verify_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import re
 from pathlib import Path
 
-from weights_manifest import MANIFEST
+from common.weights_manifest import MANIFEST
 
 logger = logging.getLogger(__name__)
 

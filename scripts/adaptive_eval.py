@@ -50,12 +50,12 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from attacks.adaptive import adaptive_attack  # noqa: E402
-from cli_options import device_name, positive_int, report_file  # noqa: E402
-from devices import synchronize  # noqa: E402
+from common.cli_options import device_name, positive_int, report_file  # noqa: E402
+from common.devices import synchronize  # noqa: E402
+from common.image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
+from common.paths import ROOT  # noqa: E402
 from diffusion.precision import PRECISIONS  # noqa: E402
-from image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
-from paths import ROOT  # noqa: E402
-from scripts.benchmarking import harness, json_ready, machine_info, spread  # noqa: E402
+from evaluation.benchmarking import harness, json_ready, machine_info, spread  # noqa: E402
 
 logger = logging.getLogger("adaptive_eval")
 

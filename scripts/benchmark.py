@@ -58,16 +58,15 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import purifier.config  # noqa: E402
-from cli_options import (  # noqa: E402
+from common.cli_options import (  # noqa: E402
     device_name,
     non_negative_int,
     positive_int,
     report_file,
 )
-from model import IQAModel, MetricModel  # noqa: E402
-from paths import ROOT  # noqa: E402
-from scripts.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
-from scripts.benchmarking import (  # noqa: E402
+from common.paths import ROOT  # noqa: E402
+from evaluation.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
+from evaluation.benchmarking import (  # noqa: E402
     DEFAULT_DEFENSES,
     build_defense,
     choose_grid_pairs,
@@ -80,7 +79,9 @@ from scripts.benchmarking import (  # noqa: E402
     split_chain,
     split_defense_spec,
 )
-from scripts.peak_memory import benchmark_memory  # noqa: E402
+from evaluation.peak_memory import benchmark_memory  # noqa: E402
+from metrics.linearity import IQAModel  # noqa: E402
+from model import MetricModel  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--batch-size and --linearity-repeats must be >= 1, --num-workers >= 0"
             )
         if not args.no_grid:
-            from scripts.comparison_plots import require_matplotlib
+            from evaluation.comparison_plots import require_matplotlib
 
             require_matplotlib()
         if args.data_dir == DEFAULT_DATA_DIR and not args.data_dir.is_dir():
@@ -331,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path.write_text(json.dumps(record, indent=1) + "\n")
     grid_link = None
     if grid_pairs:
-        from scripts.comparison_plots import draw_grid
+        from evaluation.comparison_plots import draw_grid
 
         grid_path = draw_grid(
             runs, grid_pairs, args.grid or output_dir / GRID_NAME, args.grid_crop or None

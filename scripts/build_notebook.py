@@ -65,7 +65,8 @@ METRIC_MD = """\
 `MetricModel` takes float `(B, 3, H, W)` images in [0, 1] and returns `(B, 1)` scores."""
 
 METRIC = """\
-from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, MetricModel, TrunkSpec
+from metrics.linearity import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec
+from model import MetricModel
 
 
 class TinyMetric(torch.nn.Module):
@@ -94,8 +95,8 @@ A centre crop of a Kodak photo: from `samples/` if the repository ships one, els
 data folder (`$PURIFY_DATA` or `../shared/data`), else a synthetic picture."""
 
 IMAGE = """\
-from image_io import centre_crop, load_image
-from paths import default_data_dir
+from common.image_io import centre_crop, load_image
+from common.paths import default_data_dir
 
 samples = sorted((ROOT / "samples").glob("**/reference/*.png"))
 kodak = default_data_dir() / "clean" / "eval" / "kodim23.png"

@@ -35,11 +35,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cli_options import positive_int, report_file, run_main  # noqa: E402
+from common.cli_options import positive_int, report_file, run_main  # noqa: E402
+from common.image_io import centre_crop, list_images, load_image  # noqa: E402
+from common.paths import default_data_dir  # noqa: E402
 from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
-from image_io import centre_crop, list_images, load_image  # noqa: E402
-from paths import default_data_dir  # noqa: E402
 
 BLUR_STD_PX = 1.0
 TIMING_SHAPE = (1, 3, 384, 512)
@@ -143,7 +143,7 @@ def interleaved_median_seconds(fns: dict[str, Callable[[], Any]], repeats: int) 
 
 def speed_ratios(models: dict[str, torch.nn.Module], repeats: int) -> dict[str, Any]:
     """Each UNet forward vs one Linearity forward on a 512x384 image (seconds and ratio)."""
-    from model import IQAModel
+    from metrics.linearity import IQAModel
 
     image = torch.rand(TIMING_SHAPE, generator=torch.Generator().manual_seed(0))
     linearity = IQAModel().eval()

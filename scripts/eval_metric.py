@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paths  # noqa: E402
-import standin_metric  # noqa: E402
-from cli_options import positive_int, report_file, run_main  # noqa: E402
-from clive_data import read_mos_csv  # noqa: E402
-from image_io import load_images_uint8  # noqa: E402
-from model import IQAModel, MetricModel  # noqa: E402
-from weights_manifest import verify_manifest  # noqa: E402
+from common import paths  # noqa: E402
+from common.cli_options import positive_int, report_file, run_main  # noqa: E402
+from common.image_io import load_images_uint8  # noqa: E402
+from common.weights_manifest import verify_manifest  # noqa: E402
+from metrics import standin as standin_metric  # noqa: E402
+from metrics.clive_data import read_mos_csv  # noqa: E402
+from metrics.linearity import IQAModel  # noqa: E402
+from model import MetricModel  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,8 +8,8 @@ it needs, to be copied next to the competition's own ``model.py`` and ``test.py`
 Layout of the bundle::
 
     defense.py                       the project's file, imports redirected
-    iqa_purify_runtime/              diffusion/, schedulers/, purifier/ (runtime modules only),
-                                     weights_manifest.py, image_checks.py
+    iqa_purify_runtime/              common/, diffusion/, schedulers/, purifier/ (runtime
+                                     modules only)
     iqa_purify_runtime/purifier/defaults.json   the knobs baked in
     weights/ddpm-v<N>/               config, safetensors, scheduler config, manifest
     weights/detector-v<N>/           the perturbation detector, when the knobs use it
@@ -47,9 +47,14 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 
-from atomic_write import default_folder_mode  # noqa: E402
-from cli_options import add_purifier_knobs  # noqa: E402
-from paths import ROOT, WEIGHTS_DIR  # noqa: E402
+from common.atomic_write import default_folder_mode  # noqa: E402
+from common.paths import ROOT, WEIGHTS_DIR  # noqa: E402
+from common.submission_source import (  # noqa: E402
+    bundle_import_problems,
+    prune_init,
+    rewrite_imports,
+)
+from common.weights_manifest import MANIFEST, sha256_file, verify_manifest  # noqa: E402
 from purifier import (  # noqa: E402
     PurifierConfig,
     load_default_config,
@@ -57,14 +62,9 @@ from purifier import (  # noqa: E402
     resolve_weights,
 )
 from purifier.config import config_from_options  # noqa: E402
+from purifier.options import add_purifier_knobs  # noqa: E402
 from purifier.perturbation_detector import RELEASE_PATTERN as RELEASE_DETECTOR  # noqa: E402
 from purifier.weights import RELEASE_PATTERN  # noqa: E402
-from scripts.submission_source import (  # noqa: E402
-    bundle_import_problems,
-    prune_init,
-    rewrite_imports,
-)
-from weights_manifest import MANIFEST, sha256_file, verify_manifest  # noqa: E402
 
 logger = logging.getLogger("export_submission")
 
@@ -72,6 +72,7 @@ RUNTIME_PACKAGE = "iqa_purify_runtime"
 # Modules of each package that run inside Defense; the rest (training, benchmarks, folder
 # planning) stay out and their re-exports are pruned from the package __init__.
 RUNTIME_MODULES = {
+    "common": ("atomic_write", "devices", "image_checks", "weights_manifest"),
     "diffusion": ("denoiser", "loading", "noise", "precision", "purification"),
     "schedulers": ("factory", "timestep_spacing"),
     "purifier": (
@@ -83,10 +84,9 @@ RUNTIME_MODULES = {
         "weights",
     ),
 }
-RUNTIME_FILES = ("weights_manifest", "image_checks", "atomic_write", "devices")
 # Project module -> bundled module. The bundle has no ``model`` (the competition brings its
 # own): a bundled file that imported it would be named by ``bundle_import_problems``.
-IMPORT_MAP = {name: f"{RUNTIME_PACKAGE}.{name}" for name in (*RUNTIME_MODULES, *RUNTIME_FILES)}
+IMPORT_MAP = {name: f"{RUNTIME_PACKAGE}.{name}" for name in RUNTIME_MODULES}
 THIRD_PARTY = ("torch", "diffusers", "safetensors", "tqdm")  # safetensors comes with diffusers
 DEFAULTS_NAME = "defaults.json"
 BUNDLE_INFO = "bundle.json"
@@ -244,8 +244,6 @@ def _write_runtime(staging: Path) -> None:
     package.mkdir()
     (package / "__init__.py").write_text(PACKAGE_DOC)
     _copy_module(ROOT / "defense.py", staging / "defense.py")
-    for name in RUNTIME_FILES:
-        _copy_module(ROOT / f"{name}.py", package / f"{name}.py")
     for name, modules in RUNTIME_MODULES.items():
         (package / name).mkdir()
         dropped = {
@@ -280,7 +278,7 @@ def _copy_weights(source: Path, manifest: dict, target: Path) -> None:
 
 def _source_commit() -> dict[str, str | bool | None]:
     """The project's git commit and whether the shipped sources differ from it."""
-    tracked = ["defense.py", *RUNTIME_MODULES, *(f"{n}.py" for n in RUNTIME_FILES)]
+    tracked = ["defense.py", *RUNTIME_MODULES]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True

@@ -48,9 +48,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from attacks.registry import ATTACKS  # noqa: E402
-from cli_options import positive_int  # noqa: E402
-from image_io import list_folders  # noqa: E402
-from paths import ROOT  # noqa: E402
+from common.cli_options import positive_int  # noqa: E402
+from common.image_io import list_folders  # noqa: E402
+from common.paths import ROOT  # noqa: E402
 
 logger = logging.getLogger("leave_one_attack_out")
 
@@ -141,7 +141,7 @@ RUN_ONLY_OPTIONS = frozenset(
 def run_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """The options ``finetune_bridge.py`` parses from run ``name``'s command, minus
     ``RUN_ONLY_OPTIONS``: what its manifest must record for a finished run to belong here."""
-    from scripts.finetune_bridge import parse_args as parse_finetune_args
+    from training.bridge import parse_args as parse_finetune_args
 
     options = vars(parse_finetune_args(finetune_command(args, name)[2:]))
     return {k: v for k, v in options.items() if k not in RUN_ONLY_OPTIONS}
@@ -151,8 +151,8 @@ def check_inputs(args: argparse.Namespace) -> None:
     """Before any fine-tune starts: every run's command must parse as ``finetune_bridge.py``
     takes it, with its input paths present, and every ``--score`` dataset and metric must
     exist. ``SystemExit`` naming the problem (a typo would otherwise surface hours in)."""
-    from scripts.finetune_bridge import check_paths_exist
-    from scripts.finetune_bridge import parse_args as parse_finetune_args
+    from training.bridge import check_paths_exist
+    from training.bridge import parse_args as parse_finetune_args
 
     for name in [ALL, *args.attacks]:
         try:

@@ -34,13 +34,25 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paths  # noqa: E402
-from atomic_write import save_tensors  # noqa: E402
-from cli_options import non_negative_int, positive_float, positive_int, run_main  # noqa: E402
-from clive_data import carve_validation, read_mos_csv  # noqa: E402
-from image_io import list_images, load_images_uint8  # noqa: E402
-from model import IQAModel, TrunkSpec  # noqa: E402
-from scripts.train_metric import (  # noqa: E402
+from common import paths  # noqa: E402
+from common.atomic_write import save_tensors  # noqa: E402
+from common.cli_options import (  # noqa: E402
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
+from common.image_io import list_images, load_images_uint8  # noqa: E402
+from metrics.clive_data import carve_validation, read_mos_csv  # noqa: E402
+from metrics.linearity import IQAModel, TrunkSpec  # noqa: E402
+from metrics.standin import spec_to_dict  # noqa: E402
+from metrics.synthetic_distortions import (  # noqa: E402
+    ANY_SOURCE_KINDS,
+    CLEAN_SOURCE_KINDS,
+    N_LEVELS,
+    distort,
+)
+from training.metric import (  # noqa: E402
     PRETRAIN_INFO_FILE,
     Normalise,
     TrainState,
@@ -50,13 +62,6 @@ from scripts.train_metric import (  # noqa: E402
     schedule_lr,
     setup_logging,
     trunk_spec,
-)
-from standin_metric import spec_to_dict  # noqa: E402
-from synthetic_distortions import (  # noqa: E402
-    ANY_SOURCE_KINDS,
-    CLEAN_SOURCE_KINDS,
-    N_LEVELS,
-    distort,
 )
 
 logger = logging.getLogger("pretrain_metric_trunk")

@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
-from atomic_write import staged_folder  # noqa: E402
 from attacks.uap import (  # noqa: E402
     EPS,
     PERTURBATION_FILE,
@@ -36,10 +35,11 @@ from attacks.uap import (  # noqa: E402
     save_perturbation,
 )
 from attacks.uap_training import UAPTrainingResult, train_uap  # noqa: E402
-from cli_options import device_name, positive_float, positive_int, run_main  # noqa: E402
-from image_io import list_images  # noqa: E402
-from paths import default_data_dir  # noqa: E402
-from weights_manifest import write_manifest  # noqa: E402
+from common.atomic_write import staged_folder  # noqa: E402
+from common.cli_options import device_name, positive_float, positive_int, run_main  # noqa: E402
+from common.image_io import list_images  # noqa: E402
+from common.paths import default_data_dir  # noqa: E402
+from common.weights_manifest import write_manifest  # noqa: E402
 
 logger = logging.getLogger("train_uap")
 

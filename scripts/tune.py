@@ -45,12 +45,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 import torch  # noqa: E402
 
-from cli_options import device_name, positive_int, report_file  # noqa: E402
-from model import MetricModel  # noqa: E402
-from paths import ROOT, default_data_dir  # noqa: E402
-from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
-from purifier.config import DEFAULTS_FILE  # noqa: E402
-from scripts.benchmarking import (  # noqa: E402
+from common.cli_options import device_name, positive_int, report_file  # noqa: E402
+from common.paths import ROOT, default_data_dir  # noqa: E402
+from evaluation.benchmarking import (  # noqa: E402
     CLASSICAL,
     build_defense,
     harness,
@@ -60,7 +57,7 @@ from scripts.benchmarking import (  # noqa: E402
     machine_info,
     select_pairs,
 )
-from scripts.tuning import (  # noqa: E402
+from evaluation.tuning import (  # noqa: E402
     DEFAULT_SPACE,
     OBJECTIVE,
     TUNING_ATTACKS,
@@ -79,6 +76,9 @@ from scripts.tuning import (  # noqa: E402
     provenance_path,
     write_defaults,
 )
+from model import MetricModel  # noqa: E402
+from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
+from purifier.config import DEFAULTS_FILE  # noqa: E402
 
 logger = logging.getLogger("tune")
 
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def reference_model() -> torch.nn.Module:
     """Linearity's ResNeXt-101 (random init): the unit of the budget."""
-    from model import IQAModel
+    from metrics.linearity import IQAModel
 
     return IQAModel()
 
@@ -172,7 +172,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     if not args.budget > 0:
         raise ValueError(f"--budget must be > 0 Linearity forwards, got {args.budget}")
     if not args.no_plot:
-        from scripts.comparison_plots import require_matplotlib
+        from evaluation.comparison_plots import require_matplotlib
 
         require_matplotlib()
     space = parse_space(args.space) if args.space else dict(DEFAULT_SPACE)
@@ -254,7 +254,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     )
     best, quality_met = choose(trials, args.budget, min_quality)
     if not args.no_plot:
-        from scripts.comparison_plots import draw_pareto
+        from evaluation.comparison_plots import draw_pareto
 
         pareto = draw_pareto(
             trials,

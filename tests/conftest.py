@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import purifier.config
+from common.weights_manifest import write_manifest
 from defense import Defense
 from diffusion import PixelUnshuffleUNet, training_scheduler
-from model import IQAModel, MetricModel, TrunkSpec
+from metrics.linearity import IQAModel, TrunkSpec
+from metrics.standin import save_standin
+from model import MetricModel
 from purifier import PerturbationDetector, PurifierConfig
 from purifier.perturbation_detector import save_detector
-from standin_metric import save_standin
-from weights_manifest import write_manifest
 
 TINY_DEFENSE_KNOBS = {"t_star": 20, "steps": 2, "precision": "float32"}
 """float32 so pinned outputs and finite-difference checks hold on machines with and without

@@ -30,9 +30,10 @@ from attacks.uap import (
     save_perturbation,
 )
 from attacks.uap_training import train_uap
-from image_io import save_image
-from model import IQAModel, TrunkSpec, check_images
-from weights_manifest import WeightsIntegrityError, write_manifest
+from common.image_checks import check_images
+from common.image_io import save_image
+from common.weights_manifest import WeightsIntegrityError, write_manifest
+from metrics.linearity import IQAModel, TrunkSpec
 
 SIZE = 24
 

@@ -17,20 +17,20 @@ from tiny_bench import ATTACKS, NAMES, ToyMetric, tiny_linearity, write_tiny_dat
 import defense
 import purifier.config
 import scripts.benchmark as benchmark_cli
+from common.paths import ROOT
 from defense import Defense
 from defenses import ChainedDefense, make_defense
 from defenses.classical import JpegDefense, ResizeDefense
 from defenses.registry import DIFFPURE_KNOBS
-from paths import ROOT
-from scripts import benchmarking
-from scripts.benchmark_report import (
+from evaluation import benchmarking as benchmarking
+from evaluation.benchmark_report import (
     baseline_summary_table,
     check_targets,
     records_from_json,
     render_markdown,
     short_description,
 )
-from scripts.benchmarking import (
+from evaluation.benchmarking import (
     SCORE_SHIFT,
     TIME_RATIO,
     CapturingDefense,
@@ -213,8 +213,8 @@ def test_baseline_summary_counts_the_metrics_won() -> None:
 
 
 def test_judges_score_every_defense_under_another_metric(tmp_path: Path) -> None:
-    from model import IQAModel, TrunkSpec
-    from standin_metric import save_standin
+    from metrics.linearity import IQAModel, TrunkSpec
+    from metrics.standin import save_standin
 
     data = write_tiny_dataset(tmp_path / "data")
     torch.manual_seed(0)

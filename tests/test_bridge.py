@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import image_io
 from attacks.registry import ATTACKS
 from attacks.training_pairs import PairPool, RandomAttacks, batch_universal
+from common import image_io
+from common.image_io import load_image, save_image
+from common.weights_manifest import verify_manifest
 from diffusion import training_scheduler
 from diffusion.bridge_loss import (
     bridge_epsilon_target,
@@ -22,11 +24,9 @@ from diffusion.bridge_loss import (
     highpass,
     min_snr_weights,
 )
-from image_io import load_image, save_image
-from iqa_losses import score_consistency_loss
-from scripts import finetune_bridge
+from metrics.iqa_losses import score_consistency_loss
 from tests.conftest import write_tiny_release, write_tiny_standin
-from weights_manifest import verify_manifest
+from training import bridge as finetune_bridge
 
 
 def brightness(images: torch.Tensor) -> torch.Tensor:

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_options import (
+from common.cli_options import (
     device_name,
     markdown_report,
-    noise_level,
     non_negative_int,
     positive_float,
     positive_int,
     report_file,
     run_main,
 )
-from paths import ROOT
+from common.paths import ROOT
+from purifier.options import noise_level
 from scripts import convert_checkpoint
 
 
@@ -120,6 +120,8 @@ def test_report_options_refuse_a_folder_before_the_work(
     import importlib
 
     module = importlib.import_module(f"scripts.{script}")
+    if not hasattr(module, "build_parser") and not hasattr(module, "parse_args"):
+        module = importlib.import_module(module.main.__module__)  # a thin script's package
     parse = module.build_parser().parse_args if hasattr(module, "build_parser") else None
     parse = parse or module.parse_args
     with pytest.raises(SystemExit) as info:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import scripts.make_dataset as make_dataset_script
-import scripts.purify as purify_script
-from data_parallel import (
+from attacks import dataset as make_dataset_script
+from attacks.dataset import DatasetSummary, cropped_pixels
+from common.data_parallel import (
     assign_shards,
     gather_objects,
     launched_without_gpus,
@@ -28,11 +28,11 @@ from data_parallel import (
     process_group,
     take_shard,
 )
-from image_io import save_image
-from model import IQAModel, TrunkSpec
+from common.image_io import save_image
+from metrics.linearity import IQAModel, TrunkSpec
+from metrics.standin import save_standin
+from purifier import cli as purify_script
 from purifier.folder_plan import Job, pixel_counts
-from scripts.make_dataset import DatasetSummary, cropped_pixels
-from standin_metric import save_standin
 
 ROOT = Path(__file__).resolve().parent.parent
 PURIFY_OPTIONS = ["--t-star", "10", "--steps", "2", "--seed", "0", "--threads", "1"]

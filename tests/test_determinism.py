@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS, make_attack
+from attacks.dataset import make_dataset
 from attacks.eot import GaussianNoise
+from common.image_checks import check_images
+from common.image_io import save_image
+from common.seeds import name_seed
 from defense import Defense
-from image_io import save_image
-from model import check_images
 from purifier import PurifierConfig
-from scripts.make_dataset import make_dataset
-from scripts.purify import main as purify_main
-from seeds import name_seed
+from purifier.cli import main as purify_main
 
 KNOBS = {"t_star": 20, "steps": 2}
 CONFIGS = {

@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from common.image_io import save_image
+from common.weights_manifest import WeightsIntegrityError, write_manifest
 from diffusion import (
     PixelUnshuffleUNet,
     TimestepSampler,
@@ -25,9 +27,7 @@ from diffusion import (
     training_scheduler,
 )
 from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr
-from image_io import save_image
 from schedulers import make_scheduler
-from weights_manifest import WeightsIntegrityError, write_manifest
 
 
 def tiny_unet(seed: int = 0, unshuffle: int = 2) -> PixelUnshuffleUNet:
@@ -403,7 +403,7 @@ TINY_ARGS = [
 
 
 def test_train_script_end_to_end(tmp_path: Path) -> None:
-    from scripts import train_ddpm
+    from training import ddpm as train_ddpm
 
     train_dir = _tiny_dataset(tmp_path)
     output = tmp_path / "weights" / "tiny"
@@ -451,7 +451,8 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
 
 
 def test_train_script_helpers(tmp_path: Path) -> None:
-    from scripts import denoiser_run, train_ddpm
+    from training import ddpm as train_ddpm
+    from training import denoiser_run as denoiser_run
 
     paths = [Path(f"{i:02d}.png") for i in range(20)]
     train, holdout = train_ddpm.holdout_split(paths, 4)
@@ -549,7 +550,8 @@ def test_train_script_stops_on_signal_without_output(tmp_path: Path) -> None:
     import os
     import signal
 
-    from scripts import denoiser_run, train_ddpm
+    from training import ddpm as train_ddpm
+    from training import denoiser_run as denoiser_run
 
     before = signal.getsignal(signal.SIGTERM)
     with denoiser_run.stop_requests() as received:

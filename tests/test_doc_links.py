@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paths import ROOT
+from common.paths import ROOT
 
 # [text](target) and ![alt](target); the target ends at whitespace or the closing bracket.
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

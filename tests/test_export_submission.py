@@ -21,9 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from atomic_write import default_folder_mode
+from common.atomic_write import default_folder_mode
+from common.paths import ROOT
+from common.submission_source import bundle_import_problems, prune_init, rewrite_imports
+from common.weights_manifest import WeightsIntegrityError, sha256_file, verify_manifest
 from defense import Defense
-from paths import ROOT
 from purifier import (
     MissingWeightsError,
     PerturbationDetector,
@@ -33,8 +35,6 @@ from purifier import (
 )
 from purifier.perturbation_detector import save_detector
 from scripts import export_submission as export
-from scripts.submission_source import bundle_import_problems, prune_init, rewrite_imports
-from weights_manifest import WeightsIntegrityError, sha256_file, verify_manifest
 
 PACKAGE = export.RUNTIME_PACKAGE
 PINNED = {
@@ -227,10 +227,11 @@ def test_bundle_holds_only_the_runtime(bundle: export.Bundle, tiny_weights: Path
     package = folder / PACKAGE
     assert {p.relative_to(package).as_posix() for p in package.rglob("*.py")} == {
         "__init__.py",
-        "image_checks.py",
-        "weights_manifest.py",
-        "atomic_write.py",
-        "devices.py",
+        "common/__init__.py",
+        "common/image_checks.py",
+        "common/weights_manifest.py",
+        "common/atomic_write.py",
+        "common/devices.py",
         "diffusion/__init__.py",
         "diffusion/denoiser.py",
         "diffusion/loading.py",
@@ -491,11 +492,8 @@ def test_bad_knobs_are_refused(tiny_weights: Path, tmp_path: Path, capsys) -> No
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("competition_harness_export", ROOT / "test.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
+    from evaluation import harness as module
+
     return module
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_bench import write_tiny_dataset
 
-from scripts.benchmarking import score_shift
-from scripts.fidelity_probe import (
+from evaluation.benchmarking import score_shift
+from evaluation.fidelity_probe import (
     fixed_level_purifiers,
     lowpass,
     main,

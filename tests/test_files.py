@@ -4,9 +4,7 @@ interrupted purify run (with the temp files a crash leaves), and ``test.py``'s d
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,9 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from atomic_write import staged_folder
-from defenses import make_defense
-from image_io import (
+from common.atomic_write import staged_folder
+from common.image_io import (
     ImageReadError,
     as_uint8,
     jpeg_round_trip,
@@ -30,10 +27,10 @@ from image_io import (
     temp_file_target,
     to_uint8,
 )
-from paths import ROOT
+from defenses import make_defense
 from purifier import DiffusionPurifier
+from purifier.cli import main as purify_main
 from purifier.folder_plan import plan_folder
-from scripts.purify import main as purify_main
 
 FAST = ["--t-star", "20", "--steps", "2", "--seed", "0"]
 
@@ -306,7 +303,7 @@ def test_8_bit_conversion_refuses_what_is_not_a_float_image() -> None:
 
 def test_one_jpeg_round_trip_serves_the_jpeg_defense_and_the_metric_distortion() -> None:
     from defenses.classical import JpegDefense
-    from synthetic_distortions import jpeg_compress
+    from metrics.synthetic_distortions import jpeg_compress
 
     y, x = torch.meshgrid(torch.linspace(0, 1, 24), torch.linspace(0, 1, 32), indexing="ij")
     image = torch.stack([x, y, (x + y) / 2])  # smooth: JPEG at q95 keeps it closely
@@ -358,11 +355,8 @@ def test_a_failed_purification_skips_that_batch_only(
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("harness_for_files", ROOT / "test.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from evaluation import harness as module
+
     return module
 
 
@@ -410,7 +404,7 @@ def test_atomic_writes_get_default_permissions(tmp_path: Path) -> None:
 
     from safetensors.torch import load_file
 
-    from atomic_write import save_tensors, write_text_atomic
+    from common.atomic_write import save_tensors, write_text_atomic
 
     umask = os.umask(0o022)
     try:

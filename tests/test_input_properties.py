@@ -16,8 +16,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.image_checks import check_images
 from defense import Defense
-from image_checks import check_images
 from model import MetricModel
 
 PROPERTY = settings(

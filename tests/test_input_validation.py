@@ -4,8 +4,6 @@ defenses, ``test.py``) and the file side (``load_image``, the purify CLI), which
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -18,16 +16,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from attacks import make_attack
+from common.devices import resolve_device
+from common.image_checks import RANGE_SLACK, check_images
+from common.image_io import ImageReadError, load_image, save_image
 from defense import Defense
 from defenses import make_defense
-from devices import resolve_device
-from image_checks import RANGE_SLACK, check_images
-from image_io import ImageReadError, load_image, save_image
 from model import MetricModel
-from paths import ROOT
 from purifier import PurifierConfig
+from purifier.cli import main as purify_main
 from purifier.tiling import tiled_apply
-from scripts.purify import main as purify_main
 
 KNOBS = {"t_star": 20, "steps": 2}
 # Few, tiny examples: the suite must stay fast on a shared 2-core machine.
@@ -336,11 +333,8 @@ def test_purify_cli_takes_grey_rgba_and_tiny_images(tiny_weights: Path, tmp_path
 
 @pytest.fixture(scope="module")
 def harness() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("harness_for_validation", ROOT / "test.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    from evaluation import harness as module
+
     return module
 
 

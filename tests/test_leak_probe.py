@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_bench import write_tiny_dataset
 
-from scripts.leak_probe import ALL, leak_figures, leaks, main, parse_args, summarise
+from evaluation.leak_probe import ALL, leak_figures, leaks, main, parse_args, summarise
 
 
 def pair(seed: int = 0, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

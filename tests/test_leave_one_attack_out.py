@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from image_io import save_image
+from common.image_io import save_image
+from evaluation.benchmarking import json_ready
 from scripts import leave_one_attack_out as loao
-from scripts.benchmarking import json_ready
 from tests.conftest import write_tiny_release, write_tiny_standin
 
 

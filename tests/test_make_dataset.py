@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import scripts.make_dataset as make_dataset_script
-from image_io import centre_crop, load_image, save_image
-from model import check_images
-from scripts.make_dataset import make_dataset, parse_attacks, select_images
-from seeds import name_seed
+from attacks import dataset as make_dataset_script
+from attacks.dataset import make_dataset, parse_attacks, select_images
+from common.image_checks import check_images
+from common.image_io import centre_crop, load_image, save_image
+from common.seeds import name_seed
 
 ATTACKS = ["fgsm", "ifgsm"]
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-import paths
-from image_io import load_image
+from common import paths
+from common.image_io import load_image
+from metrics.linearity import IMAGENET_MEAN, IMAGENET_STD, IQAModel
 from metrics.mobilenet_v2 import (
     MobileNetV2Spec,
     SameConv2d,
@@ -19,8 +20,8 @@ from metrics.mobilenet_v2 import (
     load_pretrained_trunk,
     pretrained_key_map,
 )
-from model import IMAGENET_MEAN, IMAGENET_STD, IQAModel, MetricModel
-from standin_metric import load_standin, save_standin, spec_from_dict, spec_to_dict
+from metrics.standin import load_standin, save_standin, spec_from_dict, spec_to_dict
+from model import MetricModel
 
 PRETRAINED_DIR = paths.ROOT.parent / "shared" / "pretrained" / "mobilenet_v2_imagenet"
 PRETRAINED_FILE = PRETRAINED_DIR / "mobilenet_v2_imagenet.safetensors"

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from model import (
+from common.image_checks import check_images
+from metrics.linearity import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CheckpointError,
     IQAModel,
-    MetricModel,
     TrunkSpec,
-    check_images,
     load_iqa_model,
 )
+from model import MetricModel
 from scripts.convert_checkpoint import convert
 from tests.conftest import P1Q2_B, P1Q2_K
 
@@ -210,7 +210,7 @@ def test_metric_rejects_bad_input(p1q2_checkpoint: Path) -> None:
 
 
 def test_a_folder_path_loads_a_saved_standin(tmp_path: Path) -> None:
-    from standin_metric import save_standin
+    from metrics.standin import save_standin
 
     spec = TrunkSpec((1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
     tiny = IQAModel(spec).eval()
@@ -227,7 +227,7 @@ def test_default_without_p1q2_or_standin_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import model
-    import standin_metric
+    from metrics import standin as standin_metric
 
     monkeypatch.setattr(model, "ROOT", tmp_path)
     monkeypatch.setattr(standin_metric, "STANDIN_DIR", tmp_path / "missing")

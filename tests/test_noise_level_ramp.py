@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from defense import Defense
+from evaluation.tuning import normalise
 from purifier import DiffusionPurifier, PurifierConfig
+from purifier import cli as purify_cli
 from purifier.config import config_from_options
-from scripts import purify as purify_cli
-from scripts.tuning import normalise
 from tests.test_perturbation_detector import FixedStrengths, images
 
 KNOBS = {"t_star": 20, "steps": 2, "sampler": "ddpm", "ensemble": 1}

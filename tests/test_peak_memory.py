@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import scripts.benchmark as benchmark_cli
-import scripts.peak_memory as peak_memory
-from scripts.benchmark_report import render_markdown
+from evaluation import peak_memory
+from evaluation.benchmark_report import render_markdown
 
 FIELDS = {
     "mode",

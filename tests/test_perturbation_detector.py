@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import defense as defense_module
+from common.image_io import save_image
+from common.weights_manifest import WeightsIntegrityError, write_manifest
 from defense import Defense
-from image_io import save_image
 from purifier import (
     DiffusionPurifier,
     MissingDetectorError,
@@ -21,10 +22,9 @@ from purifier import (
     newest_detector,
     resolve_detector,
 )
+from purifier import cli as purify_cli
 from purifier.perturbation_detector import high_pass, save_detector
-from scripts import purify as purify_cli
 from tests.conftest import write_tiny_release
-from weights_manifest import WeightsIntegrityError, write_manifest
 
 KNOBS = {"t_star": 20, "steps": 2, "sampler": "ddpm", "ensemble": 1}
 

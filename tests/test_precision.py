@@ -12,9 +12,9 @@ from defense import Defense
 from diffusion import load_denoiser, purify
 from diffusion.precision import PRECISIONS, compute_dtype, has_native_bfloat16
 from purifier import PurifierConfig
+from purifier import cli as purify_cli
 from purifier.config import config_from_options
 from schedulers import make_scheduler
-from scripts import purify as purify_cli
 
 CPU = torch.device("cpu")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from image_io import load_image, save_image
+from common.image_io import load_image, save_image
+from purifier.cli import main
 from purifier.folder_plan import batches_by_size, check_folders, plan_folder
 from purifier.tiling import edge_window, tile_spans, tiled_apply
-from scripts.purify import main
 
 FAST = ["--t-star", "10", "--steps", "2", "--seed", "0"]
 

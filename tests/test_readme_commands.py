@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from paths import ROOT
+from common.paths import ROOT
 
 COMMAND = re.compile(r"^(?:\w+=\S+ )*(?:python (scripts/\w+)\.py|(purify))(?: (.*))?$")
 PLACEHOLDERS = ("...", "[", "$")
@@ -56,7 +56,10 @@ def commands(lines: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def parse(script: ModuleType, args: list[str]) -> None:
-    """Parse ``args`` with the script's own parser (``SystemExit`` if it refuses them)."""
+    """Parse ``args`` with the script's own parser (``SystemExit`` if it refuses them); a thin
+    script's parser lives in the package module its ``main`` comes from."""
+    if not hasattr(script, "parse_args") and not hasattr(script, "build_parser"):
+        script = importlib.import_module(script.main.__module__)
     if hasattr(script, "parse_args"):
         script.parse_args(args)
     else:

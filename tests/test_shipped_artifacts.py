@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.image_io import list_images, load_image
+from common.paths import ROOT, WEIGHTS_DIR
+from common.weights_manifest import verify_manifest
 from diffusion import load_denoiser, training_scheduler
-from image_io import list_images, load_image
+from metrics.standin import STANDIN_DIR
 from model import MetricModel
-from paths import ROOT, WEIGHTS_DIR
-from standin_metric import STANDIN_DIR
-from weights_manifest import verify_manifest
 
 RELEASES = sorted(p for p in WEIGHTS_DIR.glob("*") if (p / "manifest.json").is_file())
 SAMPLE = ROOT / "samples" / "kodak-attacked"
@@ -150,8 +150,8 @@ def test_shipped_detector_reads_the_sample_as_it_did_when_released() -> None:
 
 
 def test_every_top_level_module_is_installed() -> None:
-    """setup.cfg's ``py_modules`` lists every top-level module but the harness (test.py), so
-    a non-editable ``pip install .`` can import what the ``purify`` console script imports."""
+    """setup.cfg's ``py_modules`` lists the root modules but the harness's command line
+    (test.py), so a non-editable ``pip install .`` can import ``defense`` and ``model``."""
     import configparser
 
     setup = configparser.ConfigParser()

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import model as model_module
-import standin_metric
-from clive_data import MosRow, carve_validation, read_mos_csv
-from iqa_losses import linearity_loss, norm_in_norm_loss, ranking_hinge_loss
-from model import IQAModel, MetricModel, TrunkSpec
-from standin_metric import load_standin, save_standin, spec_from_dict, spec_to_dict
-from synthetic_distortions import CLEAN_SOURCE_KINDS, N_LEVELS, distort
-from weights_manifest import WeightsIntegrityError
+from common.weights_manifest import WeightsIntegrityError
+from metrics import standin as standin_metric
+from metrics.clive_data import MosRow, carve_validation, read_mos_csv
+from metrics.iqa_losses import linearity_loss, norm_in_norm_loss, ranking_hinge_loss
+from metrics.linearity import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec
+from metrics.standin import load_standin, save_standin, spec_from_dict, spec_to_dict
+from metrics.synthetic_distortions import CLEAN_SOURCE_KINDS, N_LEVELS, distort
+from model import MetricModel
 
 TINY = TrunkSpec(blocks=(1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
 K = [2.5, 1.0, -1.0]
@@ -136,8 +137,8 @@ def test_metric_model_scores_with_standin_and_passes_gradients(
     image.requires_grad_(True)
     score = metric(image)
     assert score.shape == (2, 1)
-    mean = torch.tensor(model_module.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(model_module.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = tiny_model()((image - mean) / std)[-1] * K[0] + B[0]
     torch.testing.assert_close(score.detach(), expected)
@@ -277,7 +278,7 @@ def test_read_mos_csv(tmp_path: Path) -> None:
 
 
 def test_schedule_lr_warms_up_then_decays_to_one_percent() -> None:
-    from scripts.train_metric import schedule_lr
+    from training.metric import schedule_lr
 
     assert schedule_lr(1.0, 0.0, 0.1) == pytest.approx(0.02)
     assert schedule_lr(1.0, 0.05, 0.1) == pytest.approx(0.5)
@@ -288,7 +289,7 @@ def test_schedule_lr_warms_up_then_decays_to_one_percent() -> None:
 
 
 def test_random_crop_is_seeded_and_in_range() -> None:
-    from scripts.train_metric import random_crop
+    from training.metric import random_crop
 
     image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
     a = random_crop(image, 8, torch.Generator().manual_seed(0))

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from image_io import save_image
+from common.image_io import save_image
+from evaluation import detector as eval_detector
 from purifier import PerturbationDetector
 from purifier.perturbation_detector import save_detector
-from scripts import eval_detector, train_detector
+from scripts import train_detector
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -183,7 +184,7 @@ def test_eval_detector_needs_something_to_score(capsys: pytest.CaptureFixture) -
 @pytest.mark.slow
 @pytest.mark.data
 def test_train_detector_runs_resumes_and_writes_a_loadable_release(tmp_path: Path) -> None:
-    from paths import default_data_dir
+    from common.paths import default_data_dir
     from purifier import load_detector
 
     if not (default_data_dir() / "clean" / "train").is_dir():

@@ -18,12 +18,10 @@ from tiny_bench import ATTACKS, NAMES, ToyMetric, tiny_linearity, write_tiny_dat
 import purifier.config
 import scripts.tune as tune_cli
 from attacks import ATTACKS as ATTACK_REGISTRY
-from image_io import save_image
-from paths import ROOT
-from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, load_default_config
-from purifier.config import DEFAULTS_FILE
-from scripts.benchmarking import harness
-from scripts.tuning import (
+from common.image_io import save_image
+from common.paths import ROOT
+from evaluation.benchmarking import harness
+from evaluation.tuning import (
     DEFAULT_SPACE,
     TUNING_ATTACKS,
     TUNING_IMAGES,
@@ -41,6 +39,8 @@ from scripts.tuning import (
     provenance_path,
     write_defaults,
 )
+from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, load_default_config
+from purifier.config import DEFAULTS_FILE
 from tests.conftest import write_tiny_standin
 
 REAL_DEFAULTS = purifier.config.DEFAULTS_FILE

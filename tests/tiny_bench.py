@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from image_io import save_image
-from model import IQAModel, TrunkSpec, check_images
+from common.image_checks import check_images
+from common.image_io import save_image
+from metrics.linearity import IQAModel, TrunkSpec
 
 ATTACKS = ("attack_a", "attack_b")
 NAMES = ("img0.png", "img1.png")

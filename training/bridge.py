@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Fine-tune the purification DDPM as a bridge from attacked to clean images.
 
     python scripts/finetune_bridge.py --output weights/ddpm-v2 --max-minutes 70 --threads 1
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,21 +48,11 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from atomic_write import write_text_atomic  # noqa: E402
-from attacks.registry import ATTACKS, make_attack  # noqa: E402
-from attacks.training_pairs import PairPool, RandomAttacks  # noqa: E402
-from cli_options import positive_float, positive_int  # noqa: E402
-from diffusion import (  # noqa: E402
-    PixelUnshuffleUNet,
-    TimestepSampler,
-    epsilon_mse_loss,
-    training_scheduler,
-)
-from diffusion import purify as run_purification  # noqa: E402
-from diffusion.bridge_loss import bridge_loss  # noqa: E402
-from image_io import (  # noqa: E402
+from attacks.registry import ATTACKS, make_attack
+from attacks.training_pairs import PairPool, RandomAttacks
+from common.atomic_write import write_text_atomic
+from common.cli_options import positive_float, positive_int
+from common.image_io import (
     as_uint8,
     list_folders,
     list_images,
@@ -72,22 +60,25 @@ from image_io import (  # noqa: E402
     load_images_uint8,
     random_window,
 )
-from iqa_losses import score_consistency_loss  # noqa: E402
-from model import MetricModel  # noqa: E402
-from paths import WEIGHTS_DIR, default_data_dir  # noqa: E402
-from purifier import newest_release  # noqa: E402
-from schedulers import make_scheduler  # noqa: E402
-from scripts.benchmarking import json_ready  # noqa: E402
-from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
-from scripts.leak_probe import leaks  # noqa: E402
-from scripts.train_ddpm import (  # noqa: E402
-    RandomCrops,
-    centre_crops,
-    holdout_split,
-    learning_rate,
+from common.paths import WEIGHTS_DIR, default_data_dir
+from common.weights_manifest import verify_manifest
+from diffusion import (
+    PixelUnshuffleUNet,
+    TimestepSampler,
+    epsilon_mse_loss,
+    training_scheduler,
 )
-from scripts.tuning import TUNING_IMAGES  # noqa: E402
-from weights_manifest import verify_manifest  # noqa: E402
+from diffusion import purify as run_purification
+from diffusion.bridge_loss import bridge_loss
+from evaluation.benchmarking import json_ready
+from evaluation.leak_probe import leaks
+from evaluation.tuning import TUNING_IMAGES
+from metrics.iqa_losses import score_consistency_loss
+from model import MetricModel
+from purifier import newest_release
+from schedulers import make_scheduler
+from training.ddpm import RandomCrops, centre_crops, holdout_split, learning_rate
+from training.denoiser_run import DenoiserRun, run_script
 
 logger = logging.getLogger("train_ddpm")  # shares train_ddpm's log setup
 
@@ -408,7 +399,7 @@ def consistency_loss(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_script(parse_args, train, argv)
+    return run_script(parse_args, train, argv, "finetune_bridge.py")
 
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
@@ -640,6 +631,3 @@ def write_report(path: Path, training: dict[str, Any], output: Path) -> Path:
     write_text_atomic("\n".join(lines) + "\n", path)
     return path
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Train (or fine-tune) the purification DDPM on a folder of clean images.
 
     python scripts/train_ddpm.py --output weights/ddpm-v1 --max-minutes 80 --threads 1
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,21 +29,19 @@ import diffusers
 import torch
 from diffusers.training_utils import EMAModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cli_options import positive_float, positive_int  # noqa: E402
-from diffusion import (  # noqa: E402
+from common.cli_options import positive_float, positive_int
+from common.image_io import centre_crop, list_images, load_image, load_images_uint8
+from common.paths import default_data_dir
+from common.weights_manifest import verify_manifest
+from diffusion import (
     PixelUnshuffleUNet,
     TimestepSampler,
     denoise_one_shot,
     epsilon_mse_loss,
     training_scheduler,
 )
-from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
-from image_io import centre_crop, list_images, load_image, load_images_uint8  # noqa: E402
-from paths import default_data_dir  # noqa: E402
-from scripts.denoiser_run import DenoiserRun, run_script  # noqa: E402
-from weights_manifest import verify_manifest  # noqa: E402
+from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr
+from training.denoiser_run import DenoiserRun, run_script
 
 logger = logging.getLogger("train_ddpm")
 
@@ -200,7 +196,7 @@ def learning_rate(args: argparse.Namespace, step: int, fraction_done: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_script(parse_args, train, argv)
+    return run_script(parse_args, train, argv, "train_ddpm.py")
 
 
 def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int:
@@ -314,6 +310,3 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     logger.info("final validation (EMA, one-shot) at step %d: %s", run.step, last_validation)
     return run.finish(training_info, args.version, last_validation)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

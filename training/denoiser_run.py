@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import logging
 import math
@@ -28,11 +27,11 @@ from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from atomic_write import staged_folder
-from data_parallel import launched_without_gpus
+from common.atomic_write import staged_folder
+from common.data_parallel import launched_without_gpus
+from common.paths import ROOT
+from common.weights_manifest import MANIFEST, write_manifest
 from diffusion import PixelUnshuffleUNet, training_scheduler
-from paths import ROOT
-from weights_manifest import MANIFEST, write_manifest
 
 SNAPSHOT_DIR = "ema_latest"
 CHECKPOINT_DIR = "checkpoints"
@@ -132,18 +131,18 @@ def run_script(
     parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
     train: TrainFn,
     argv: Sequence[str] | None,
+    script: str,
 ) -> int:
     """A training script's ``main``: parse, record the command, train with stop signals
     collected; the exit code. A ``ValueError`` or ``OSError`` (bad data, a crop larger than
     the images, a broken weights folder, a file where a folder goes) ends the run with its
-    message."""
+    message, as ``<script>: error: <message>``."""
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     with stop_requests() as stop_signal:
         try:
             return train(args, command, stop_signal)
         except (ValueError, OSError) as err:
-            script = Path(inspect.getfile(train)).name
             raise SystemExit(f"{script}: error: {err}") from err
 
 

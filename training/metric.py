@@ -32,30 +32,33 @@ from scipy import stats
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import paths  # noqa: E402
-from atomic_write import save_tensors  # noqa: E402
-from cli_options import non_negative_int, positive_float, positive_int, run_main  # noqa: E402
-from clive_data import (  # noqa: E402
-    MosRow,
-    carve_validation,
-    clive_dir,
-    read_mos_csv,
+from common import paths
+from common.atomic_write import save_tensors
+from common.cli_options import (
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
-from image_io import list_images, load_images_uint8, random_window  # noqa: E402
-from iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss  # noqa: E402
-from metrics.mobilenet_v2 import MobileNetV2Spec, load_pretrained_trunk  # noqa: E402
-from model import IMAGENET_MEAN, IMAGENET_STD, AnyTrunkSpec, IQAModel, TrunkSpec  # noqa: E402
-from scripts.denoiser_run import check_output_free  # noqa: E402
-from standin_metric import STANDIN_SPEC, save_standin, spec_to_dict  # noqa: E402
-from synthetic_distortions import (  # noqa: E402
+from common.image_io import list_images, load_images_uint8, random_window
+from common.weights_manifest import sha256_file
+from metrics.clive_data import MosRow, carve_validation, clive_dir, read_mos_csv
+from metrics.iqa_losses import LINEARITY_WEIGHTS, linearity_loss, ranking_hinge_loss
+from metrics.linearity import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AnyTrunkSpec,
+    IQAModel,
+    TrunkSpec,
+)
+from metrics.mobilenet_v2 import MobileNetV2Spec, load_pretrained_trunk
+from metrics.standin import STANDIN_SPEC, save_standin, spec_to_dict
+from metrics.synthetic_distortions import (
     ANY_SOURCE_KINDS,
     CLEAN_SOURCE_KINDS,
     N_LEVELS,
     distort,
 )
-from weights_manifest import sha256_file  # noqa: E402
+from training.denoiser_run import check_output_free
 
 logger = logging.getLogger("train_metric")
 CHECKPOINT_DIR = "checkpoint"
@@ -577,6 +580,3 @@ def finish(
     logger.info("wrote %s (%.1f min wall)", args.output, wall)
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "train_metric.py")
