@@ -1,6 +1,6 @@
 """The user-facing purifier: knobs (``PurifierConfig``), the ``DiffusionPurifier`` that runs
 them, the perturbation detector that gates it, weights discovery and tiled processing of
-large images."""
+large images; its command-line knobs (``options``) and the ``purify`` command (``cli``)."""
 
 from purifier.config import (
     PROVISIONAL_DEFAULTS,
