@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from defenses.registry import CLASSICAL, defense_names
 from evaluation.benchmarking import (
-    CLASSICAL,
     SCORE_SHIFT,
     TIME_RATIO,
     DefenseRun,
@@ -47,7 +47,7 @@ def check_targets(runs: Mapping[str, DefenseRun], name: str) -> list[TargetCheck
     keys = run.pair_keys()
     same = {n: r.restricted(keys) for n, r in runs.items() if keys <= r.pair_keys()}
     total, clean = run.total(), run.clean_row()
-    classical = {n: same[n].total()["Gain Score"] for n in CLASSICAL if n in same}
+    classical = {n: same[n].total()["Gain Score"] for n in defense_names(CLASSICAL) if n in same}
     if classical:
         best = min(classical, key=classical.get)  # type: ignore[arg-type]
         gain_limit = min(GAIN_MAX, classical[best] * GAIN_FRACTION_OF_BEST_CLASSICAL)

@@ -65,10 +65,10 @@ from common.cli_options import (  # noqa: E402
     report_file,
 )
 from common.paths import ROOT  # noqa: E402
+from defenses.registry import benchmark_defenses  # noqa: E402
+from defenses.specs import build_defense, split_chain, split_defense_spec  # noqa: E402
 from evaluation.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
 from evaluation.benchmarking import (  # noqa: E402
-    DEFAULT_DEFENSES,
-    build_defense,
     choose_grid_pairs,
     harness,
     image_hw,
@@ -76,8 +76,6 @@ from evaluation.benchmarking import (  # noqa: E402
     machine_info,
     run_benchmark,
     select_pairs,
-    split_chain,
-    split_defense_spec,
 )
 from evaluation.peak_memory import benchmark_memory  # noqa: E402
 from metrics.linearity import IQAModel  # noqa: E402
@@ -139,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--defenses",
-        default=",".join(DEFAULT_DEFENSES),
+        default=",".join(benchmark_defenses()),
         help="comma-separated defense specs: NAME, ddpm@WEIGHTS, ddpm:KNOB=VALUE, "
         "jpeg:quality=75 (a baseline's own option), A+B (A, then B)",
     )

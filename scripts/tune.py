@@ -47,9 +47,9 @@ import torch  # noqa: E402
 
 from common.cli_options import device_name, positive_int, report_file  # noqa: E402
 from common.paths import ROOT, default_data_dir  # noqa: E402
+from defenses.registry import CLASSICAL, REFERENCE, defense_names  # noqa: E402
+from defenses.specs import build_defense  # noqa: E402
 from evaluation.benchmarking import (  # noqa: E402
-    CLASSICAL,
-    build_defense,
     harness,
     image_hw,
     json_ready,
@@ -211,7 +211,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
 
     scored = [(chosen, m) for (m, _), chosen in zip(panels, panel_pairs, strict=True)]
     baselines = {}
-    for name in ("none", *CLASSICAL):
+    for name in (*defense_names(REFERENCE), *defense_names(CLASSICAL)):
         per_panel = panel_figures(
             name,
             lambda name=name: build_defense(name, device),

@@ -22,6 +22,13 @@ from defense import Defense
 from defenses import ChainedDefense, make_defense
 from defenses.classical import JpegDefense, ResizeDefense
 from defenses.registry import DIFFPURE_KNOBS
+from defenses.specs import (
+    build_defense,
+    defense_label,
+    split_chain,
+    split_defense_spec,
+    split_knobs,
+)
 from evaluation import benchmarking as benchmarking
 from evaluation.benchmark_report import (
     baseline_summary_table,
@@ -37,15 +44,10 @@ from evaluation.benchmarking import (
     DefenseRun,
     ImagePair,
     ImageRecord,
-    build_defense,
-    defense_label,
     harness,
     linearity_seconds,
     score_shift,
     select_pairs,
-    split_chain,
-    split_defense_spec,
-    split_knobs,
     spread,
     time_ratios,
 )

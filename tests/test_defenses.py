@@ -51,8 +51,8 @@ def test_defense_options_are_the_factories_keywords() -> None:
     assert defense_options("jpeg") == {"quality"}
     assert defense_options("resize") == {"scale"}
     assert defense_options("blur") == {"sigma"}
-    assert defense_options("median") == set() and defense_options("ddpm") == set()
-    assert defense_options("diffpure") == {"weights", "seed"}
+    assert defense_options("median") == set()
+    assert defense_options("diffpure") == defense_options("ddpm") == {"weights", "seed"}
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         defense_options("nope")
 
@@ -79,6 +79,21 @@ def test_register_defense_adds_and_refuses_duplicates() -> None:
         assert make_defense("blur_wide").sigma == 2.0
     finally:
         DEFENSES.pop("blur_wide", None)
+
+
+def test_one_registry_entry_reaches_the_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new defense is its file plus one ``DEFENSES`` line: the entry alone puts it in
+    ``test.py --defense``, the benchmark's default list, its reports' labels and its specs."""
+    from defenses.registry import CLASSICAL, RegisteredDefense, benchmark_defenses
+    from defenses.specs import build_defense, defense_label
+
+    entry = RegisteredDefense(GaussianBlurDefense, "Gaussian blur, wide", CLASSICAL)
+    monkeypatch.setitem(DEFENSES, "blur_wide", entry)
+    assert benchmark_defenses().index("blur_wide") < benchmark_defenses().index("ddpm")
+    assert defense_label("blur_wide") == "Gaussian blur, wide"
+    assert build_defense("blur_wide:sigma=2.0", "cpu").sigma == 2.0
+    with pytest.raises(ValueError, match="already registered"):
+        register_defense("blur_wide", GaussianBlurDefense)
 
 
 @pytest.mark.parametrize("name", CLASSICAL)
