@@ -1,5 +1,6 @@
 """MobileNetV2 1.0 as a Linearity trunk: eight stages, ``features[6]`` at stride 16 and
-``features[7]`` at stride 32, as ResNeXt's ``layer3``/``layer4`` are in ``model.IQAModel``.
+``features[7]`` at stride 32, as ResNeXt's ``layer3``/``layer4`` are in
+``metrics.linearity.IQAModel``.
 
 The layers are those of the ImageNet-pretrained file in ``../shared/pretrained/
 mobilenet_v2_imagenet`` (Sandler et al., CVPR 2018; TF-slim, batch norm folded into each

@@ -1,6 +1,6 @@
 """Plan the purification of a folder: which file goes where, what is skipped, what is batched.
 
-Rules: the input folder is walked recursively for ``image_io.IMAGE_EXTENSIONS`` files (hidden
+Rules: the input folder is walked recursively for ``common.image_io.IMAGE_EXTENSIONS`` files (hidden
 files, such as the ``.part`` temp files of an interrupted write, and everything in hidden
 folders, such as ``.ipynb_checkpoints``, are ignored); each output keeps its relative path and
 name, with suffix ``.png`` unless the format is kept. The output folder

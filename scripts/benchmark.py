@@ -19,8 +19,9 @@ the public set is ``python scripts/make_dataset.py runs/public-set``, built from
 references (clean-input gain and quality: what the defense costs an unattacked image).
 
 Time is reported as a ratio: the defense's wall time per image over the median time of one
-forward of Linearity (ResNeXt-101 32x8d ``model.IQAModel()``, random init, eval, no_grad,
-batch 1) on an image of the same size, measured in the same run with the same threads.
+forward of Linearity (ResNeXt-101 32x8d ``metrics.linearity.IQAModel()``, random init, eval,
+no_grad, batch 1) on an image of the same size, measured in the same run with the same
+threads.
 
 ``--subset-for NAME=N`` runs a slow defense (DiffPure: 100 network calls per image) on N
 images per attack only; it is marked as such, and the targets compare it with the other

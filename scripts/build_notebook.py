@@ -1,19 +1,25 @@
 #!/usr/bin/env python
-"""Write ``notebooks/quickstart.ipynb`` (nbformat 4) from the cells below, reproducibly.
+"""Write ``notebooks/quickstart.ipynb`` (nbformat 4) from the cells below and execute it, so the
+stored notebook shows what a user opening it sees: the printed scores and the clean /
+attacked / purified picture.
 
-    python scripts/build_notebook.py            # rewrite the notebook
-    python scripts/build_notebook.py --check    # exit 1 if the notebook is out of date
+    python scripts/build_notebook.py            # rewrite and execute the notebook (~5 s, CPU)
+    python scripts/build_notebook.py --check    # exit 1 if its cells are stale or unrun
 
 The notebook loads the metric, attacks a small Kodak crop, purifies it with a seeded
 ``Defense`` and shows clean / attacked / purified side by side with their scores. Edit the
-cells here, not in Jupyter; ``tests/test_notebook.py`` runs the code cells
-(``QUICKSTART_FAST=1``: tiny random metric, tiny images, ``QUICKSTART_WEIGHTS`` denoiser).
+cells here, not in Jupyter. The cells hold no test switches: ``tests/test_notebook.py`` runs
+them as they are, and with a tiny metric and denoiser patched in from outside.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +44,6 @@ clean image.
 Run it from the repository (any folder inside it). Needs matplotlib (`pip install -e '.[plot]'`)."""
 
 SETUP = """\
-import os
 import sys
 from pathlib import Path
 
@@ -52,12 +57,9 @@ if ROOT is None:
     raise RuntimeError("run this notebook from inside the iqa-purify repository")
 sys.path.insert(0, str(ROOT))
 
-# QUICKSTART_FAST=1 (used by tests/test_notebook.py): a tiny random metric, tiny images, and
-# the denoiser folder in QUICKSTART_WEIGHTS. Leave it unset for the real thing.
-FAST = os.environ.get("QUICKSTART_FAST") == "1"
 DEVICE = "cpu"
 SEED = 0
-CROP = 48 if FAST else 192"""
+CROP = 192"""
 
 METRIC_MD = """\
 ## 1. The metric
@@ -65,28 +67,11 @@ METRIC_MD = """\
 `MetricModel` takes float `(B, 3, H, W)` images in [0, 1] and returns `(B, 1)` scores."""
 
 METRIC = """\
-from metrics.linearity import IMAGENET_MEAN, IMAGENET_STD, IQAModel, TrunkSpec
 from model import MetricModel
 
-
-class TinyMetric(torch.nn.Module):
-    \"\"\"MetricModel's interface on a tiny random Linearity network (fast tests only).\"\"\"
-
-    def __init__(self) -> None:
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(SEED)
-            spec = TrunkSpec((1, 1, 1, 1), groups=8, width_per_group=4, stem_width=32)
-            self.model = IQAModel(spec).eval()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)[-1] * 10 + 50
-
-
-metric = TinyMetric() if FAST else MetricModel(DEVICE)
-metric.eval()"""
+metric = MetricModel(DEVICE)
+metric.eval()
+print(f"metric: {metric.name}")"""
 
 IMAGE_MD = """\
 ## 2. A clean image
@@ -106,7 +91,8 @@ if source is not None:
 else:
     y, x = torch.meshgrid(torch.linspace(0, 1, CROP), torch.linspace(0, 1, CROP), indexing="ij")
     clean = torch.stack([x, y, 0.5 + 0.5 * torch.sin(12 * x * y)]).clamp(0, 1).unsqueeze(0)
-print(f"clean image {tuple(clean.shape)} from {source or 'a synthetic pattern'}")"""
+origin = source.relative_to(ROOT) if source and source.is_relative_to(ROOT) else source
+print(f"clean image {tuple(clean.shape)} from {origin or 'a synthetic pattern'}")"""
 
 ATTACK_MD = """\
 ## 3. Attack it
@@ -117,7 +103,7 @@ change is hard to see but the score goes up."""
 ATTACK = """\
 from attacks import make_attack
 
-attack = make_attack("ifgsm", metric, steps=2 if FAST else 10)
+attack = make_attack("ifgsm", metric, steps=10)
 attacked = attack(clean, torch.Generator().manual_seed(SEED))
 print(attack)"""
 
@@ -134,11 +120,10 @@ reproducible (leave it out in deployment: fresh noise on every call is part of t
 PURIFY = """\
 from defense import Defense
 
-weights = os.environ.get("QUICKSTART_WEIGHTS")  # None: the newest released weights/ddpm-v<N>
-defense = Defense(DEVICE, seed=SEED, weights=weights)
+defense = Defense(DEVICE, seed=SEED)  # the newest released weights/ddpm-v<N>
 with torch.no_grad():
     purified = defense.apply_defense(attacked)
-print(defense)
+print(f"weights {defense.weights.name}: {defense.purifier}")
 print("noise level chosen for the attacked image:", defense.purifier.plan(attacked))"""
 
 SCORES_MD = """\
@@ -163,6 +148,8 @@ with torch.no_grad():
     scores = {name: float(metric(x)) for name, x in images.items()}
 gains = {name: abs(scores["clean"] - s) / scores["clean"] * 100 for name, s in scores.items()}
 qualities = {name: quality(clean, x) for name, x in images.items()}
+for name in images:
+    print(f"{name:>9}: f={scores[name]:6.2f}  gain {gains[name]:5.2f} %  Q={qualities[name]:.3f}")
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
 for ax, (name, x) in zip(axes, images.items()):
@@ -204,9 +191,14 @@ def _source_lines(text: str) -> list[str]:
     return [line + "\n" for line in lines[:-1]] + [lines[-1]]
 
 
-def build_notebook() -> dict[str, Any]:
-    """The notebook as an nbformat 4.5 dict (no outputs, stable cell ids)."""
+Outputs = list[dict[str, Any]]
+
+
+def build_notebook(outputs: Sequence[Outputs] | None = None) -> dict[str, Any]:
+    """The notebook as an nbformat 4.5 dict with stable cell ids; ``outputs`` (one list per code
+    cell, from ``execute``) are stored with execution counts 1, 2, ...; None: unexecuted."""
     cells = []
+    code_index = 0
     for i, (kind, text) in enumerate(CELLS):
         cell: dict[str, Any] = {
             "cell_type": kind,
@@ -215,8 +207,9 @@ def build_notebook() -> dict[str, Any]:
             "source": _source_lines(text),
         }
         if kind == "code":
-            cell["execution_count"] = None
-            cell["outputs"] = []
+            cell["execution_count"] = code_index + 1 if outputs is not None else None
+            cell["outputs"] = list(outputs[code_index]) if outputs is not None else []
+            code_index += 1
         cells.append(cell)
     return {
         "cells": cells,
@@ -229,8 +222,15 @@ def build_notebook() -> dict[str, Any]:
     }
 
 
-def notebook_text() -> str:
-    return json.dumps(build_notebook(), indent=1, ensure_ascii=False) + "\n"
+def without_outputs(notebook: dict[str, Any]) -> dict[str, Any]:
+    """``notebook`` as ``build_notebook()`` writes it unexecuted (to compare the cells)."""
+    cells = []
+    for cell in notebook["cells"]:
+        cell = dict(cell)
+        if cell["cell_type"] == "code":
+            cell["execution_count"], cell["outputs"] = None, []
+        cells.append(cell)
+    return {**notebook, "cells": cells}
 
 
 def code_cells(notebook: dict[str, Any]) -> list[str]:
@@ -238,21 +238,90 @@ def code_cells(notebook: dict[str, Any]) -> list[str]:
     return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
 
 
+def _stream(name: str, text: str, root: Path) -> Outputs:
+    text = text.replace(f"{root}/", "").replace(str(root), ".")  # no machine paths stored
+    return [{"name": name, "output_type": "stream", "text": _source_lines(text)}] if text else []
+
+
+def execute(sources: Sequence[str], workdir: Path = NOTEBOOK.parent) -> list[Outputs]:
+    """Run the code cells in one namespace from ``workdir`` (as Jupyter starts a notebook)
+    and collect each cell's outputs: stdout/stderr as streams (the repository's path
+    shortened), figures as PNG ``display_data``. Raises whatever a cell raises."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = NOTEBOOK.parent.parent
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    results = []
+    saved_path, saved_cwd, saved_show = list(sys.path), Path.cwd(), plt.show
+    plt.show = lambda *args, **kwargs: None  # figures are collected after each cell
+    try:
+        os.chdir(workdir)
+        for index, source in enumerate(sources):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                exec(compile(source, f"<cell {index + 1}>", "exec"), namespace)
+            outputs = _stream("stdout", out.getvalue(), root)
+            outputs += _stream("stderr", err.getvalue(), root)
+            for number in plt.get_fignums():
+                png = io.BytesIO()
+                plt.figure(number).savefig(
+                    png, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None}
+                )
+                outputs.append(
+                    {
+                        "data": {
+                            "image/png": base64.b64encode(png.getvalue()).decode(),
+                            "text/plain": ["<Figure>"],
+                        },
+                        "metadata": {},
+                        "output_type": "display_data",
+                    }
+                )
+            plt.close("all")
+            results.append(outputs)
+    finally:
+        plt.show = saved_show
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+    return results
+
+
+def notebook_text(notebook: dict[str, Any]) -> str:
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+def check(path: Path) -> str | None:
+    """Why ``path`` is not the current notebook (cells differ from ``CELLS``, or a code cell
+    was never run), or None."""
+    if not path.is_file():
+        return f"{path} does not exist"
+    try:
+        notebook = json.loads(path.read_text())
+        cells = without_outputs(notebook)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{path} is not an nbformat 4 notebook"
+    if cells != build_notebook():
+        return f"{path}: its cells differ from scripts/build_notebook.py"
+    if any(c["execution_count"] is None for c in notebook["cells"] if c["cell_type"] == "code"):
+        return f"{path}: not executed"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, default=NOTEBOOK)
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     args = parser.parse_args(argv)
-    text = notebook_text()
     if args.check:
-        current = args.output.read_text() if args.output.is_file() else ""
-        if current != text:
-            print(f"{args.output} is out of date: run python scripts/build_notebook.py")
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
+        problem = check(args.output)
+        print(problem or f"{args.output} is up to date")
+        return 1 if problem else 0
+    notebook = build_notebook(execute(code_cells(build_notebook())))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
+    args.output.write_text(notebook_text(notebook))
     print(f"wrote {args.output}")
     return 0
 

@@ -11,7 +11,7 @@ The budget is a multiple of one forward of Linearity (ResNeXt-101 32x8d, random 
 photos, centre crops of 384 px, 7 attacks from different families; never the public
 ``clean/eval`` images) is built by ``make_dataset`` on first use and cached in
 ``--tuning-dir``. Each configuration gets Gain, Quality, SRCC (a proxy: 12 images per attack),
-clean-input Gain and its time ratio; the objective is documented in ``scripts/tuning.py``
+clean-input Gain and its time ratio; the objective is documented in ``evaluation/tuning.py``
 (minimise attacked + clean Gain under the budget, Quality >= undefended Quality).
 
 ``--also METRIC DIR`` (repeatable) adds a panel: the same knobs are also scored by METRIC (a

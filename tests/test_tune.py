@@ -1,4 +1,4 @@
-"""scripts/tune.py and scripts/tuning.py: search space, objective, budget, tuning set, the
+"""scripts/tune.py and evaluation/tuning.py: search space, objective, budget, tuning set, the
 defaults file it writes (always into tmp paths, never purifier/defaults.json)."""
 
 from __future__ import annotations
