@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Adaptive white-box attacks on the whole pipeline ``metric(defense(x))`` (issue 6, part 5).
 
 Usage::
@@ -42,20 +41,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
-
-from attacks.adaptive import adaptive_attack  # noqa: E402
-from common.cli_options import device_name, positive_int, report_file  # noqa: E402
-from common.devices import synchronize  # noqa: E402
-from common.image_io import ImageReadError, centre_crop, list_images, load_image  # noqa: E402
-from common.paths import ROOT  # noqa: E402
-from diffusion.precision import PRECISIONS  # noqa: E402
-from evaluation.benchmarking import harness, json_ready, machine_info, spread  # noqa: E402
+from attacks.adaptive import adaptive_attack
+from common.cli_options import device_name, positive_int, report_file
+from common.devices import synchronize
+from common.image_io import ImageReadError, centre_crop, list_images, load_image
+from common.paths import ROOT
+from diffusion.precision import PRECISIONS
+from evaluation.benchmarking import harness, json_ready, machine_info, spread
 
 logger = logging.getLogger("adaptive_eval")
 
@@ -559,6 +555,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {json_path}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

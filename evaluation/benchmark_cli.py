@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Compare defenses of the Linearity metric on one attacked dataset: ``BENCHMARKS.md`` + a grid.
 
 Usage::
@@ -52,24 +51,21 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import purifier.config  # noqa: E402
-from common.cli_options import (  # noqa: E402
+import purifier.config
+from common.cli_options import (
     device_name,
     non_negative_int,
     positive_int,
     report_file,
 )
-from common.paths import ROOT  # noqa: E402
-from defenses.registry import benchmark_defenses  # noqa: E402
-from defenses.specs import build_defense, split_chain, split_defense_spec  # noqa: E402
-from evaluation.benchmark_report import render_markdown, summary_table, to_json  # noqa: E402
-from evaluation.benchmarking import (  # noqa: E402
+from common.paths import ROOT
+from defenses.registry import benchmark_defenses
+from defenses.specs import build_defense, split_chain, split_defense_spec
+from evaluation.benchmark_report import render_markdown, summary_table, to_json
+from evaluation.benchmarking import (
     choose_grid_pairs,
     harness,
     image_hw,
@@ -78,9 +74,9 @@ from evaluation.benchmarking import (  # noqa: E402
     run_benchmark,
     select_pairs,
 )
-from evaluation.peak_memory import benchmark_memory  # noqa: E402
-from metrics.linearity import IQAModel  # noqa: E402
-from model import MetricModel  # noqa: E402
+from evaluation.peak_memory import benchmark_memory
+from metrics.linearity import IQAModel
+from model import MetricModel
 
 logger = logging.getLogger("benchmark")
 
@@ -344,6 +340,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {markdown_path} and {json_path}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

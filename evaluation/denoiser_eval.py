@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Gaussian-denoising check of one or more trained DDPM denoisers, plus their speed.
 
     python scripts/eval_denoiser.py --weights weights/ddpm-v1 --json runs/eval.json
@@ -20,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +31,11 @@ from scipy.ndimage import median_filter
 from skimage.filters import gaussian
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from common.cli_options import positive_int, report_file, run_main  # noqa: E402
-from common.image_io import centre_crop, list_images, load_image  # noqa: E402
-from common.paths import default_data_dir  # noqa: E402
-from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep  # noqa: E402
-from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr  # noqa: E402
+from common.cli_options import positive_int, report_file
+from common.image_io import centre_crop, list_images, load_image
+from common.paths import default_data_dir
+from diffusion import denoise_one_shot, load_denoiser, sigma_to_timestep
+from diffusion.gaussian_benchmark import add_gaussian_noise, mean_psnr
 
 BLUR_STD_PX = 1.0
 TIMING_SHAPE = (1, 3, 384, 512)
@@ -233,6 +229,3 @@ def print_report(results: dict[str, Any]) -> None:
     if speed is not None:
         print(f"Linearity forward: {speed['linearity_seconds']:.3f} s")
 
-
-if __name__ == "__main__":
-    run_main(main, "eval_denoiser.py")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,16 +21,14 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import paths  # noqa: E402
-from common.cli_options import positive_int, report_file, run_main  # noqa: E402
-from common.image_io import load_images_uint8  # noqa: E402
-from common.weights_manifest import verify_manifest  # noqa: E402
-from metrics import standin as standin_metric  # noqa: E402
-from metrics.clive_data import read_mos_csv  # noqa: E402
-from metrics.linearity import IQAModel  # noqa: E402
-from model import MetricModel  # noqa: E402
+from common import paths
+from common.cli_options import positive_int, report_file
+from common.image_io import load_images_uint8
+from common.weights_manifest import verify_manifest
+from metrics import standin as standin_metric
+from metrics.clive_data import read_mos_csv
+from metrics.linearity import IQAModel
+from model import MetricModel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +104,3 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "eval_metric.py")

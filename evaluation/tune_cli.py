@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Tune the purifier's knobs under a runtime budget; write ``purifier/defaults.json``.
 
 Usage::
@@ -40,16 +39,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from common.cli_options import device_name, positive_int, report_file  # noqa: E402
-from common.paths import ROOT, default_data_dir  # noqa: E402
-from defenses.registry import CLASSICAL, REFERENCE, defense_names  # noqa: E402
-from defenses.specs import build_defense  # noqa: E402
-from evaluation.benchmarking import (  # noqa: E402
+from common.cli_options import device_name, positive_int, report_file
+from common.paths import ROOT, default_data_dir
+from defenses.registry import CLASSICAL, REFERENCE, defense_names
+from defenses.specs import build_defense
+from evaluation.benchmarking import (
     harness,
     image_hw,
     json_ready,
@@ -57,7 +53,7 @@ from evaluation.benchmarking import (  # noqa: E402
     machine_info,
     select_pairs,
 )
-from evaluation.tuning import (  # noqa: E402
+from evaluation.tuning import (
     DEFAULT_SPACE,
     OBJECTIVE,
     TUNING_ATTACKS,
@@ -76,9 +72,9 @@ from evaluation.tuning import (  # noqa: E402
     provenance_path,
     write_defaults,
 )
-from model import MetricModel  # noqa: E402
-from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights  # noqa: E402
-from purifier.config import DEFAULTS_FILE  # noqa: E402
+from model import MetricModel
+from purifier import PROVISIONAL_DEFAULTS, PurifierConfig, resolve_weights
+from purifier.config import DEFAULTS_FILE
 
 logger = logging.getLogger("tune")
 
@@ -360,6 +356,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {paths[0]} and {paths[1]}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,10 +12,10 @@ import torch
 from tiny_bench import ToyMetric
 
 import purifier.config
-import scripts.adaptive_eval as adaptive_eval
 from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loop
 from common.image_io import centre_crop, save_image
 from defense import Defense
+from evaluation import adaptive_eval
 from evaluation.benchmarking import harness
 from tests.conftest import write_tiny_standin
 

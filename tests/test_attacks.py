@@ -519,7 +519,7 @@ def test_train_uap_raises_the_score_within_eps_and_is_seeded(tmp_path, metric):
 
 
 def test_train_uap_script_writes_weights_with_manifest(tmp_path, metric):
-    from scripts.train_uap import train_and_save
+    from training.uap import train_and_save
 
     data = tmp_path / "train"
     gen = torch.Generator().manual_seed(0)
@@ -550,7 +550,7 @@ def test_train_uap_script_writes_weights_with_manifest(tmp_path, metric):
     ],
 )
 def test_train_uap_cli_refuses_bad_options(extra, capsys):
-    from scripts.train_uap import build_parser
+    from training.uap import build_parser
 
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(extra)

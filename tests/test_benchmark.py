@@ -16,7 +16,6 @@ from tiny_bench import ATTACKS, NAMES, ToyMetric, tiny_linearity, write_tiny_dat
 
 import defense
 import purifier.config
-import scripts.benchmark as benchmark_cli
 from common.paths import ROOT
 from defense import Defense
 from defenses import ChainedDefense, make_defense
@@ -29,6 +28,7 @@ from defenses.specs import (
     split_defense_spec,
     split_knobs,
 )
+from evaluation import benchmark_cli
 from evaluation import benchmarking as benchmarking
 from evaluation.benchmark_report import (
     baseline_summary_table,

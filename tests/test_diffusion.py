@@ -491,7 +491,7 @@ def test_train_script_helpers(tmp_path: Path) -> None:
 def test_eval_script_compares_weights_on_the_same_noisy_images(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from scripts import eval_denoiser
+    from evaluation import denoiser_eval as eval_denoiser
 
     _release(tmp_path / "w")
     _release(tmp_path / "w2")
@@ -516,7 +516,7 @@ def test_eval_script_compares_weights_on_the_same_noisy_images(
 
 
 def test_eval_script_takes_an_image_folder_and_rejects_bad_input(tmp_path: Path) -> None:
-    from scripts import eval_denoiser
+    from evaluation import denoiser_eval as eval_denoiser
 
     _release(tmp_path / "w")
     folder = tmp_path / "mine"
@@ -537,7 +537,7 @@ def test_eval_script_takes_an_image_folder_and_rejects_bad_input(tmp_path: Path)
 
 
 def test_interleaved_timing_times_every_function_each_round() -> None:
-    from scripts import eval_denoiser
+    from evaluation import denoiser_eval as eval_denoiser
 
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}

@@ -11,8 +11,8 @@ import torch
 
 from common.image_io import save_image
 from evaluation.benchmarking import json_ready
-from scripts import leave_one_attack_out as loao
 from tests.conftest import write_tiny_release, write_tiny_standin
+from training import leave_one_attack_out as loao
 
 
 def _fake_run(folder: Path, validation: dict, init_validation: dict | None = None) -> None:

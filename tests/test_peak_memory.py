@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import scripts.benchmark as benchmark_cli
-from evaluation import peak_memory
+from evaluation import benchmark_cli, peak_memory
 from evaluation.benchmark_report import render_markdown
 
 FIELDS = {

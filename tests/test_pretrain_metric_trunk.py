@@ -14,8 +14,8 @@ from common.image_io import save_image
 from common.weights_manifest import sha256_file, verify_manifest
 from metrics.linearity import IQAModel, TrunkSpec
 from metrics.synthetic_distortions import ANY_SOURCE_KINDS, CLEAN_SOURCE_KINDS, N_LEVELS
-from scripts import pretrain_metric_trunk as pretrain
 from training import metric as train_metric
+from training import metric_trunk as pretrain
 
 TINY = TrunkSpec(blocks=(1, 1, 1, 1), groups=2, width_per_group=16, stem_width=8)
 TINY_FLAGS = ["--blocks", "1", "1", "1", "1", "--groups", "2", "--width-per-group", "16"]

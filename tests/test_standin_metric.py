@@ -299,7 +299,7 @@ def test_random_crop_is_seeded_and_in_range() -> None:
 
 
 def test_eval_metric_names_missing_data_without_a_traceback(tmp_path: Path) -> None:
-    from scripts import eval_metric
+    from evaluation import metric_eval as eval_metric
 
     with pytest.raises(SystemExit, match=r"^eval_metric\.py: error: .*mos\.csv"):
         eval_metric.main(["--data", str(tmp_path), "--threads", "1", "--skip-speed"])

@@ -13,7 +13,7 @@ from common.image_io import save_image
 from evaluation import detector as eval_detector
 from purifier import PerturbationDetector
 from purifier.perturbation_detector import save_detector
-from scripts import train_detector
+from training import detector as train_detector
 
 
 def gen(seed: int = 0) -> torch.Generator:

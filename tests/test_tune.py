@@ -16,10 +16,10 @@ import torch
 from tiny_bench import ATTACKS, NAMES, ToyMetric, tiny_linearity, write_tiny_dataset
 
 import purifier.config
-import scripts.tune as tune_cli
 from attacks import ATTACKS as ATTACK_REGISTRY
 from common.image_io import save_image
 from common.paths import ROOT
+from evaluation import tune_cli
 from evaluation.benchmarking import harness
 from evaluation.tuning import (
     DEFAULT_SPACE,

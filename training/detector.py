@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,23 +41,21 @@ from einops import rearrange
 from safetensors import safe_open
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attacks.korhonen import spatial_activity_map  # noqa: E402
-from attacks.registry import ATTACKS  # noqa: E402
-from attacks.training_pairs import RandomAttacks  # noqa: E402
-from common import paths  # noqa: E402
-from common.atomic_write import save_tensors  # noqa: E402
-from common.cli_options import device_name, positive_float, positive_int  # noqa: E402
-from common.image_io import as_uint8, list_images, load_images_uint8, random_window  # noqa: E402
-from defenses.classical import JpegDefense  # noqa: E402
-from evaluation.detector import summarize  # noqa: E402
-from evaluation.tuning import TUNING_IMAGES  # noqa: E402
-from metrics.clive_data import carve_validation, read_mos_csv  # noqa: E402
-from model import MetricModel  # noqa: E402
-from purifier.perturbation_detector import PerturbationDetector, save_detector  # noqa: E402
-from training.ddpm import holdout_split  # noqa: E402
-from training.denoiser_run import (  # noqa: E402
+from attacks.korhonen import spatial_activity_map
+from attacks.registry import ATTACKS
+from attacks.training_pairs import RandomAttacks
+from common import paths
+from common.atomic_write import save_tensors
+from common.cli_options import device_name, positive_float, positive_int
+from common.image_io import as_uint8, list_images, load_images_uint8, random_window
+from defenses.classical import JpegDefense
+from evaluation.detector import summarize
+from evaluation.tuning import TUNING_IMAGES
+from metrics.clive_data import carve_validation, read_mos_csv
+from model import MetricModel
+from purifier.perturbation_detector import PerturbationDetector, save_detector
+from training.ddpm import holdout_split
+from training.denoiser_run import (
     CHECKPOINT_DIR,
     TrainingProgress,
     check_output_free,
@@ -422,6 +419,3 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
 def main(argv: list[str] | None = None) -> int:
     return run_script(parse_args, train, argv, "train_detector.py")
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

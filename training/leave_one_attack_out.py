@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Leave-one-attack-out check of bridge fine-tuning (issue 8, part 3).
 
     python scripts/leave_one_attack_out.py --output-dir runs/loao --max-steps 200 --threads 1
@@ -45,12 +44,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from attacks.registry import ATTACKS  # noqa: E402
-from common.cli_options import positive_int  # noqa: E402
-from common.image_io import list_folders  # noqa: E402
-from common.paths import ROOT  # noqa: E402
+from attacks.registry import ATTACKS
+from common.cli_options import positive_int
+from common.image_io import list_folders
+from common.paths import ROOT
 
 logger = logging.getLogger("leave_one_attack_out")
 
@@ -488,6 +485,3 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

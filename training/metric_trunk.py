@@ -32,27 +32,24 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import paths  # noqa: E402
-from common.atomic_write import save_tensors  # noqa: E402
-from common.cli_options import (  # noqa: E402
+from common import paths
+from common.atomic_write import save_tensors
+from common.cli_options import (
     non_negative_int,
     positive_float,
     positive_int,
-    run_main,
 )
-from common.image_io import list_images, load_images_uint8  # noqa: E402
-from metrics.clive_data import carve_validation, read_mos_csv  # noqa: E402
-from metrics.linearity import IQAModel, TrunkSpec  # noqa: E402
-from metrics.standin import spec_to_dict  # noqa: E402
-from metrics.synthetic_distortions import (  # noqa: E402
+from common.image_io import list_images, load_images_uint8
+from metrics.clive_data import carve_validation, read_mos_csv
+from metrics.linearity import IQAModel, TrunkSpec
+from metrics.standin import spec_to_dict
+from metrics.synthetic_distortions import (
     ANY_SOURCE_KINDS,
     CLEAN_SOURCE_KINDS,
     N_LEVELS,
     distort,
 )
-from training.metric import (  # noqa: E402
+from training.metric import (
     PRETRAIN_INFO_FILE,
     Normalise,
     TrainState,
@@ -332,6 +329,3 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("wrote %s (%d steps)", args.run_dir / TRUNK_FILE, state.step)
     return 0
 
-
-if __name__ == "__main__":
-    run_main(main, "pretrain_metric_trunk.py")

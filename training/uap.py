@@ -21,12 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from attacks.uap import (  # noqa: E402
+from attacks.uap import (
     EPS,
     PERTURBATION_FILE,
     VERSION,
@@ -34,12 +31,12 @@ from attacks.uap import (  # noqa: E402
     metric_tag,
     save_perturbation,
 )
-from attacks.uap_training import UAPTrainingResult, train_uap  # noqa: E402
-from common.atomic_write import staged_folder  # noqa: E402
-from common.cli_options import device_name, positive_float, positive_int, run_main  # noqa: E402
-from common.image_io import list_images  # noqa: E402
-from common.paths import default_data_dir  # noqa: E402
-from common.weights_manifest import write_manifest  # noqa: E402
+from attacks.uap_training import UAPTrainingResult, train_uap
+from common.atomic_write import staged_folder
+from common.cli_options import device_name, positive_float, positive_int
+from common.image_io import list_images
+from common.paths import default_data_dir
+from common.weights_manifest import write_manifest
 
 logger = logging.getLogger("train_uap")
 
@@ -155,6 +152,3 @@ def main(argv: Sequence[str] | None = None) -> UAPTrainingResult:
     )
     return result
 
-
-if __name__ == "__main__":
-    run_main(main, "train_uap.py")
