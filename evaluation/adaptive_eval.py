@@ -51,7 +51,8 @@ from common.devices import synchronize
 from common.image_io import ImageReadError, centre_crop, list_images, load_image
 from common.paths import ROOT
 from diffusion.precision import PRECISIONS
-from evaluation.benchmarking import harness, json_ready, machine_info, spread
+from evaluation import harness
+from evaluation.benchmarking import json_ready, machine_info, spread
 
 logger = logging.getLogger("adaptive_eval")
 

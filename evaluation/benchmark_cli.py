@@ -64,10 +64,10 @@ from common.cli_options import (
 from common.paths import ROOT
 from defenses.registry import benchmark_defenses
 from defenses.specs import build_defense, split_chain, split_defense_spec
+from evaluation import harness
 from evaluation.benchmark_report import render_markdown, summary_table, to_json
 from evaluation.benchmarking import (
     choose_grid_pairs,
-    harness,
     image_hw,
     linearity_seconds,
     machine_info,

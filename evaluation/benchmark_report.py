@@ -10,14 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from defenses.registry import CLASSICAL, defense_names
-from evaluation.benchmarking import (
-    SCORE_SHIFT,
-    TIME_RATIO,
-    DefenseRun,
-    ImageRecord,
-    harness,
-    json_ready,
-)
+from evaluation import harness
+from evaluation.benchmarking import SCORE_SHIFT, TIME_RATIO, DefenseRun, json_ready
+from evaluation.harness import ImageRecord
 from evaluation.peak_memory import memory_markdown
 
 # Targets of issue 5.

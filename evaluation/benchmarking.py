@@ -31,6 +31,7 @@ from defenses.registry import PurifyingDefense
 from defenses.specs import defense_label
 from diffusion.precision import has_native_bfloat16
 from evaluation import harness
+from evaluation.harness import ImagePair
 from metrics.linearity import IQAModel
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ PairKey = tuple[str, str]
 """``(attack, attacked file name)``: identifies a pair and its record."""
 
 
-ImagePair = harness.ImagePair
-ImageRecord = harness.ImageRecord
 
 
 # --- choosing images ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ from typing import Any
 from einops import rearrange
 
 from common.image_io import centre_crop, load_image
+from evaluation import harness
 from evaluation.benchmark_report import column_name
-from evaluation.benchmarking import DefenseRun, harness, pair_key
+from evaluation.benchmarking import DefenseRun, pair_key
 
 
 def require_matplotlib() -> None:

@@ -37,13 +37,8 @@ from common.atomic_write import write_text_atomic
 from common.cli_options import device_name, markdown_report, positive_int
 from common.image_io import load_image
 from common.paths import ROOT, WEIGHTS_DIR
-from evaluation.benchmarking import (
-    CLEAN,
-    clean_pairs,
-    harness,
-    score_shift,
-    select_pairs,
-)
+from evaluation import harness
+from evaluation.benchmarking import CLEAN, clean_pairs, score_shift, select_pairs
 from purifier import DiffusionPurifier, load_default_config
 from purifier.options import noise_level
 

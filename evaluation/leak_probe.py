@@ -37,7 +37,8 @@ from common.atomic_write import write_text_atomic
 from common.cli_options import device_name, markdown_report, positive_int
 from common.image_io import load_image
 from common.paths import ROOT, WEIGHTS_DIR
-from evaluation.benchmarking import harness, select_pairs
+from evaluation import harness
+from evaluation.benchmarking import select_pairs
 from evaluation.fidelity_probe import fixed_level_purifiers, lowpass
 from purifier.options import noise_level
 

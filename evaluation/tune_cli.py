@@ -45,8 +45,8 @@ from common.cli_options import device_name, positive_int, report_file
 from common.paths import ROOT, default_data_dir
 from defenses.registry import CLASSICAL, REFERENCE, defense_names
 from defenses.specs import build_defense
+from evaluation import harness
 from evaluation.benchmarking import (
-    harness,
     image_hw,
     json_ready,
     linearity_seconds,

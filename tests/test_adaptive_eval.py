@@ -15,8 +15,7 @@ import purifier.config
 from attacks.adaptive import BPDA, adaptive_attack, call_defense, defense_in_loop
 from common.image_io import centre_crop, save_image
 from defense import Defense
-from evaluation import adaptive_eval
-from evaluation.benchmarking import harness
+from evaluation import adaptive_eval, harness
 from tests.conftest import write_tiny_standin
 
 KNOBS = {"t_star": 20, "steps": 2}

@@ -28,7 +28,7 @@ from defenses.specs import (
     split_defense_spec,
     split_knobs,
 )
-from evaluation import benchmark_cli
+from evaluation import benchmark_cli, harness
 from evaluation import benchmarking as benchmarking
 from evaluation.benchmark_report import (
     baseline_summary_table,
@@ -42,15 +42,13 @@ from evaluation.benchmarking import (
     TIME_RATIO,
     CapturingDefense,
     DefenseRun,
-    ImagePair,
-    ImageRecord,
-    harness,
     linearity_seconds,
     score_shift,
     select_pairs,
     spread,
     time_ratios,
 )
+from evaluation.harness import ImagePair, ImageRecord
 
 DEFENSES = ("none", "blur", "resize", "ddpm", "diffpure")
 

@@ -19,8 +19,7 @@ import purifier.config
 from attacks import ATTACKS as ATTACK_REGISTRY
 from common.image_io import save_image
 from common.paths import ROOT
-from evaluation import tune_cli
-from evaluation.benchmarking import harness
+from evaluation import harness, tune_cli
 from evaluation.tuning import (
     DEFAULT_SPACE,
     TUNING_ATTACKS,
