@@ -1,6 +1,7 @@
 """The user-facing purifier: knobs (``PurifierConfig``), the ``DiffusionPurifier`` that runs
 them, the perturbation detector that gates it, weights discovery and tiled processing of
-large images; its command-line knobs (``options``) and the ``purify`` command (``cli``)."""
+large images; its command-line knobs (``options``), the ``purify`` command (``cli``) and the
+competition bundle's exporter (``submission``)."""
 
 from purifier.config import (
     PROVISIONAL_DEFAULTS,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Build the competition submission: a folder (and a zip of it) holding ``defense.py`` and all
 it needs, to be copied next to the competition's own ``model.py`` and ``test.py``.
 
@@ -41,30 +40,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import diffusers
+import torch
 
-import diffusers  # noqa: E402
-import torch  # noqa: E402
-
-from common.atomic_write import default_folder_mode  # noqa: E402
-from common.paths import ROOT, WEIGHTS_DIR  # noqa: E402
-from common.submission_source import (  # noqa: E402
+from common.atomic_write import default_folder_mode
+from common.paths import ROOT, WEIGHTS_DIR
+from common.submission_source import (
     bundle_import_problems,
     prune_init,
     rewrite_imports,
 )
-from common.weights_manifest import MANIFEST, sha256_file, verify_manifest  # noqa: E402
-from purifier import (  # noqa: E402
+from common.weights_manifest import MANIFEST, sha256_file, verify_manifest
+from purifier import (
     PurifierConfig,
     load_default_config,
     newest_detector,
     resolve_weights,
 )
-from purifier.config import config_from_options  # noqa: E402
-from purifier.options import add_purifier_knobs  # noqa: E402
-from purifier.perturbation_detector import RELEASE_PATTERN as RELEASE_DETECTOR  # noqa: E402
-from purifier.weights import RELEASE_PATTERN  # noqa: E402
+from purifier.config import config_from_options
+from purifier.options import add_purifier_knobs
+from purifier.perturbation_detector import RELEASE_PATTERN as RELEASE_DETECTOR
+from purifier.weights import RELEASE_PATTERN
 
 logger = logging.getLogger("export_submission")
 
@@ -406,6 +402,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"knobs  {knobs}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,8 +33,8 @@ from purifier import (
     load_default_config,
     load_detector,
 )
+from purifier import submission as export
 from purifier.perturbation_detector import save_detector
-from scripts import export_submission as export
 
 PACKAGE = export.RUNTIME_PACKAGE
 PINNED = {
