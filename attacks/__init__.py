@@ -1,7 +1,7 @@
-"""Adversarial attacks on differentiable quality metrics (images float NCHW in [0, 1]).
+"""Adversarial attacks on differentiable quality metrics (images float NCHW in [0, 1]), and
+attacked-dataset generation (``attacks.dataset``, run by ``scripts/make_dataset.py``).
 
 ``make_attack(name, metric, **overrides)`` builds one by name; ``ATTACKS`` lists them.
-``attacks.dataset`` generates attacked datasets (``scripts/make_dataset.py``).
 """
 
 from attacks.base import Attack

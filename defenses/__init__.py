@@ -1,4 +1,7 @@
-"""Defenses of the Linearity metric, selectable by name (see ``defenses.registry``)."""
+"""Defenses of the Linearity metric, selectable by name: ``defenses.registry`` holds the one
+list (factory, label, kind), ``defenses.specs`` the benchmark's spec syntax
+(``ddpm@WEIGHTS:knob=value``, chains ``a+b``), ``defenses.classical`` the image-processing
+baselines."""
 
 from defenses.chain import ChainedDefense
 from defenses.registry import DEFAULT_DEFENSE, DEFENSES, make_defense, register_defense

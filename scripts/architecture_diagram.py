@@ -57,10 +57,11 @@ def project_package_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 
 def summary(root: Path, unit: str) -> str:
-    """A unit's docstring (its ``__init__``'s for a package), paragraphs joined."""
+    """The first paragraph of a unit's docstring (its ``__init__``'s for a package), on one
+    line, with reST's double backticks as Markdown's single ones."""
     modules = project_modules(root)
     doc = ast.get_docstring(ast.parse(modules[unit].read_text())) or ""
-    return " ".join(" ".join(doc.split()) for doc in [doc] if doc)
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
 
 
 def mermaid(graph: Mapping[str, set[str]]) -> str:
