@@ -161,6 +161,9 @@ class IQAModel(nn.Module):
         return f6, x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if isinstance(self.spec, MobileNetV2Spec):
+            # depthwise convolutions run ~15 % faster on the CPU in channels-last order
+            x = x.contiguous(memory_format=torch.channels_last)
         f6, f7 = self.pooled_features(x)
         h6, h7 = self.dr6(f6), self.dr7(f7)
         return [self.regr6(h6), self.regr7(h7), self.regression(torch.cat((h6, h7), dim=1))]

@@ -58,13 +58,22 @@ class MobileNetV2Spec:
 
 
 class SameConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow's "SAME" padding (extra pixel at the bottom/right)."""
+    """``nn.Conv2d`` with TensorFlow's "SAME" padding (extra pixel at the bottom/right).
+
+    A stride-1 convolution with an odd kernel pads symmetrically, inside the convolution;
+    only strided ones pad by hand, which depends on the input size."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, **kwargs) -> None:
+        self.symmetric = stride == 1 and kernel % 2 == 1
+        padding = kernel // 2 if self.symmetric else 0
+        super().__init__(c_in, c_out, kernel, stride, padding=padding, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.symmetric:
+            return super().forward(x)
         pads = []
-        for size, k, s in zip(
-            x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1], strict=True
-        ):
+        sizes = zip(x.shape[-2:][::-1], self.kernel_size[::-1], self.stride[::-1], strict=True)
+        for size, k, s in sizes:
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         return self._conv_forward(F.pad(x, pads), self.weight, self.bias)
@@ -128,13 +137,15 @@ def _blocks() -> list[InvertedResidual]:
 
 
 def build_mobilenet_v2_trunk() -> nn.Sequential:
-    """``Sequential(stem, stage1..stage7)``; stage 7 ends with the 320 -> 1280 head."""
+    """``Sequential(stem, stage1..stage7)``; stage 7 ends with the 320 -> 1280 head.
+    Feed it channels-last input (``IQAModel`` does) for speed."""
     blocks = _blocks()
     stages: list[nn.Module] = [Stem()]
     for indices in STAGE_BLOCKS:
         stages.append(nn.Sequential(*(blocks[i] for i in indices)))
     stages[-1].append(ConvReLU6(320, HEAD_CHANNELS, 1))
-    return nn.Sequential(*stages)
+    # channels-last weights: the depthwise convolutions run faster on the CPU
+    return nn.Sequential(*stages).to(memory_format=torch.channels_last)
 
 
 def pretrained_key_map() -> dict[str, str]:

@@ -1,6 +1,8 @@
-"""The stand-in quality metric: Linearity's design on a small ResNeXt trunk, trained on CLIVE.
+"""The stand-in quality metric: Linearity's design and heads on a small trunk, trained on CLIVE.
 
-Used by ``model.MetricModel`` when the real ``p1q2.pth`` is absent. A stand-in folder holds
+Used by ``model.MetricModel`` when the real ``p1q2.pth`` is absent: ``standin-metric-v2``
+(the ImageNet-pretrained MobileNetV2 trunk of ``metrics.mobilenet_v2``) by default; v1 and the
+other ResNeXt stand-ins stay loadable by folder. A stand-in folder holds
 ``model.safetensors`` (the ``IQAModel`` state dict), ``metric.json`` (trunk spec and the
 ``k``/``b`` lists mapping ``[regression, regr6, regr7]`` to the MOS scale, as in Linearity)
 and ``manifest.json`` (sha256 of both plus how they were made). ``MetricModel`` scores
@@ -28,7 +30,7 @@ from metrics.mobilenet_v2 import MobileNetV2Spec
 logger = logging.getLogger(__name__)
 
 STANDIN_SPEC = TrunkSpec(blocks=(1, 1, 1, 1), groups=8, width_per_group=8, stem_width=32)
-STANDIN_DIR = paths.WEIGHTS_DIR / "standin-metric-v1"
+STANDIN_DIR = paths.WEIGHTS_DIR / "standin-metric-v2"
 """The default stand-in, used when ``p1q2.pth`` is absent."""
 STANDIN_V1_DIR = paths.WEIGHTS_DIR / "standin-metric-v1"
 LEGACY_NAME = "standin"

@@ -72,11 +72,14 @@ def test_standin_metric_is_the_default_and_prefers_clean_over_noisy(
     # a user's p1q2.pth beside model.py (as the README says) would be the default instead
     monkeypatch.setattr(model, "default_checkpoint", lambda *args: tmp_path / "p1q2.pth")
     metric = MetricModel("cpu")
-    assert metric.name == "standin" and metric.lower_better is False
+    assert STANDIN_DIR.name == "standin-metric-v2"  # the ImageNet-pretrained MobileNetV2 trunk
+    assert metric.name == "standin-metric-v2" and metric.lower_better is False
     clean_score, noisy_score = clean_and_noisy_scores(metric)
     assert 0 < clean_score < 100 and noisy_score < clean_score
-    # named explicitly, the shipped stand-in keeps its name (datasets record it)
-    assert MetricModel("cpu", STANDIN_DIR).name == "standin"
+    # named explicitly, a stand-in keeps its name (datasets and UAP folders record it); v1
+    # keeps the name it had as the default
+    assert MetricModel("cpu", STANDIN_DIR).name == "standin-metric-v2"
+    assert MetricModel("cpu", WEIGHTS_DIR / "standin-metric-v1").name == "standin"
 
 
 STANDINS = sorted(p.name for p in RELEASES if p.name.startswith("standin-metric-"))
@@ -138,7 +141,8 @@ def test_default_defense_removes_most_of_a_sample_attack(attack: str) -> None:
 def test_shipped_detector_reads_the_sample_as_it_did_when_released() -> None:
     """``detector-v1`` steers every default ``Defense`` call (the noise-level ramp): its
     estimates (RMS of the perturbation, 1/255) on one sample photo are pinned, next to the
-    true RMS of each attack (ifgsm 4.92, korhonen 1.65, madc 2.40)."""
+    true RMS of each attack (ifgsm 3.20, korhonen 1.40, madc 2.85; the sample is attacked
+    against standin-metric-v2 since stop 29)."""
     from purifier import load_detector
 
     detector = load_detector(WEIGHTS_DIR / "detector-v1")
@@ -146,7 +150,7 @@ def test_shipped_detector_reads_the_sample_as_it_did_when_released() -> None:
     images = [load_image(SAMPLE / "reference" / "kodim23.png")]
     images += [load_image(SAMPLE / "attacked" / name / "kodim23.png") for name in names]
     estimates = detector.estimate(torch.stack(images)).tolist()
-    assert estimates == pytest.approx([1.0612, 5.0104, 2.0485, 2.9695], rel=1e-4)
+    assert estimates == pytest.approx([1.0612, 3.1202, 1.454, 3.6147], rel=1e-4)
 
 
 def test_every_top_level_module_is_installed() -> None:

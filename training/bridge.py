@@ -89,7 +89,7 @@ VALIDATION_SEED_OFFSETS = {
     **{name: i for i, name in enumerate(VALIDATION_ATTACKS)},
     **{name: 100 + i for i, name in enumerate(ATTACKS) if name not in VALIDATION_ATTACKS},
 }
-DEFAULT_METRIC = "default (p1q2.pth beside model.py, else weights/standin-metric-v1)"
+DEFAULT_METRIC = "default (p1q2.pth beside model.py, else weights/standin-metric-v2)"
 T = TypeVar("T")
 VALIDATION_T_STAR = 60
 VALIDATION_STEPS = 2
