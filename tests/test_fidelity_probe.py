@@ -76,7 +76,17 @@ def test_cli_rejects_bad_options() -> None:
         parse_args(["--limit", "0"])
 
 
-def test_probe_run_writes_a_report(tmp_path: Path, tiny_weights: Path) -> None:
+def test_probe_run_writes_a_report(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.paths import WEIGHTS_DIR
+    from evaluation import harness
+    from model import MetricModel
+
+    # v1 scores the tiny dataset's flat noise images above 0 (v2, the default, below: the
+    # Gain's signed denominator would flip the sign the assertions below rely on)
+    v1 = WEIGHTS_DIR / "standin-metric-v1"
+    monkeypatch.setattr(harness, "load_metric", lambda root, device: MetricModel(device, v1))
     data = write_tiny_dataset(tmp_path / "data")
     output = tmp_path / "probe.md"
     args = ["--data", str(data), "--weights", str(tiny_weights), "--t-stars", "20"]
