@@ -250,8 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         defenses = {
             n: build_defense(n, device, weights=args.weights, seed=args.seed) for n in names
         }
+        judge_panels = [
+            (judge_metric, judge_data, select_pairs(harness.collect_pairs(judge_data), args.limit))
+            for judge_metric, judge_data in args.judge
+        ]
+        every_pair = [*pairs, *(p for *_, judge_pairs in judge_panels for p in judge_pairs)]
         linearity = linearity_seconds(
-            {image_hw(p.attacked) for p in pairs},
+            {image_hw(p.attacked) for p in every_pair},
             reference_model(),
             args.linearity_repeats,
             device,
@@ -265,15 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "num_workers": args.num_workers,
             "progress": not args.no_progress,
         }
-        judge_panels = []
-        for judge_metric, judge_data in args.judge:
-            judge_pairs = select_pairs(harness.collect_pairs(judge_data), args.limit)
-            judge_panels.append((judge_metric, judge_data, judge_pairs))
-            new_sizes = {image_hw(p.attacked) for p in judge_pairs} - set(linearity)
-            if new_sizes:
-                linearity.update(
-                    linearity_seconds(new_sizes, reference_model(), args.linearity_repeats, device)
-                )
         runs = run_benchmark(
             pairs, defenses, metric, linearity, grid_pairs=grid_pairs, **run_options
         )

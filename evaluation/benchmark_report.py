@@ -145,8 +145,16 @@ BASELINE = "resize"
 """The competition's baseline: resize x0.5, returned at half size (``defenses.ResizeDefense``)."""
 
 
+DIFFERENCE_DIGITS = {"Gain vs baseline": 2, "Quality vs baseline": 4, "SRCC vs baseline": 4}
+
+
+def _signed(value: float, column: str) -> str:
+    """A difference from the baseline with its sign (``n/a`` for NaN)."""
+    return "n/a" if math.isnan(value) else f"{value:+.{DIFFERENCE_DIGITS[column]}f}"
+
+
 def _against(run: DefenseRun, baseline: DefenseRun) -> list[dict[str, Any]]:
-    """``test.baseline_differences`` of ``run`` against ``baseline`` on ``run``'s images."""
+    """``harness.baseline_differences`` of ``run`` against ``baseline`` on ``run``'s images."""
     return harness.baseline_differences(run.rows(), baseline.restricted(run.pair_keys()).rows())
 
 
@@ -166,11 +174,10 @@ def baseline_summary_table(
         if name == baseline:
             continue
         diff = _against(run, base)[-1]
-        values = [diff[column] for column in harness.BASELINE_DIFFERENCES]
-        wins = sum(1 for v in values if v > 0)
+        columns = list(harness.BASELINE_DIFFERENCES)
+        wins = sum(1 for column in columns if diff[column] > 0)
         total = run.total()
-        cells = [column_name(run)]
-        cells += [f"{v:+.2f}" if i == 0 else f"{v:+.4f}" for i, v in enumerate(values)]
+        cells = [column_name(run)] + [_signed(diff[column], column) for column in columns]
         cells += [f"{wins}/3", _fmt(total["Gain Score"], 2)]
         cells += [_fmt(total["Quality Score"], 4), _fmt(total["SRCC"], 4)]
         rows.append(cells)
@@ -195,15 +202,13 @@ def baseline_per_attack_tables(
     attacks = sorted({r.attack for n in others for r in runs[n].records})
     lines = []
     for column in harness.BASELINE_DIFFERENCES:
-        digits = 2 if column.startswith("Gain") else 4
         lines += ["", f"### {column} (positive = better)", ""]
         rows = []
         for attack in [*attacks, harness.ALL_ATTACKS]:
             cells = [attack]
             for name in others:
                 row = diffs[name].get(attack)
-                value = row[column] if row else math.nan
-                cells.append("n/a" if math.isnan(value) else f"{value:+.{digits}f}")
+                cells.append(_signed(row[column] if row else math.nan, column))
             rows.append(cells)
         lines += _table(["Attack", *(column_name(runs[n]) for n in others)], rows)
     return lines

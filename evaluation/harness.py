@@ -393,11 +393,7 @@ def write_scores(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if level == "full":
-        path = output_dir / "scores.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        path = _write_csv(output_dir / "scores.csv", rows, COLUMNS)
     elif level == "simple":
         path = output_dir / "scores.json"
         total = next(row for row in rows if row["Attack"] == ALL_ATTACKS)
@@ -431,8 +427,12 @@ def write_comparison(
 ) -> Path:
     """``comparison_to_<baseline>.csv``: the ``baseline_differences`` rows."""
     path = Path(output_dir) / f"comparison_to_{baseline}.csv"
+    return _write_csv(path, rows, COMPARISON_COLUMNS)
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, str | float]], columns: Sequence[str]) -> Path:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COMPARISON_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return path

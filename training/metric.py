@@ -84,7 +84,7 @@ def add_trunk_arguments(parser: argparse.ArgumentParser) -> None:
 
 def trunk_spec(args: argparse.Namespace) -> AnyTrunkSpec:
     """The trunk spec the ``add_trunk_arguments`` options describe."""
-    if getattr(args, "trunk", "resnext") == "mobilenet_v2":
+    if args.trunk == "mobilenet_v2":
         return MobileNetV2Spec()
     return TrunkSpec(tuple(args.blocks), args.groups, args.width_per_group, args.stem_width)
 
