@@ -7,22 +7,23 @@ attacked with ``TUNING_ATTACKS`` (one attack per family). Every trial scores one
 the clean references, with a fixed seed (common random numbers across trials), and times it
 against one Linearity forward on the same image sizes.
 
-Objective (``OBJECTIVE``): among the configurations measured at most ``budget`` Linearity
-forwards per image whose attacked-image Quality is at least the undefended attacked Quality,
-minimise Gain on attacked images + Gain on clean images (both in %); ties go to the higher
-Quality, then the faster. If none reaches that Quality, the constraint becomes a penalty:
-``QUALITY_PENALTY`` Gain-% per unit of Quality below the floor is added to the objective (a
-Lagrangian relaxation), so the tuner does not buy a lower Gain on the tuning metric with ever
-heavier smoothing; the shortfall is recorded. (Without it the tuner chose t*=120, which a second
-metric, never used for tuning, scored worse than t*=60: heavy smoothing is what a metric other
-than the tuning one punishes.)
+Objective (``OBJECTIVE``): the competition's. The competition ranks a defense by its
+difference from the baseline (``BASELINE``, resize x0.5 returned at half size) on each of Gain,
+Quality and SRCC, so losing one metric costs a third of the score. Each difference is divided
+by the margin issue 32 asks for (``TARGET_MARGINS``: half the baseline's Gain, +0.03 Quality,
++0.05 SRCC), so 1 meets the target and 0 ties the baseline (``baseline_margins``). A trial's
+score is the smallest normalised margin over the three metrics and over every panel
+(``competition_score``): the tuner maximises the weakest metric under the weakest judge,
+within ``budget`` Linearity forwards per image; ties go to the higher mean margin, then the
+faster. A choice that wins two metrics by far and loses the third scores below one that wins
+all three by a little.
 
 Several metrics: ``Tuner(..., extra=[(pairs, metric), ...])`` scores every configuration on
-each (tuning set, metric) panel as well, and a trial's figures, its objective and the Quality
-floor are the means over the panels (``Trial.panels`` keeps each panel's figures). Knobs
-chosen on one metric fit that metric's taste; a metric that punishes smoothing more would
-have chosen differently, so averaging over differently trained metrics tunes for the metric
-the defense will meet, not for the one it was tuned on.
+each (tuning set, metric) panel as well (``Trial.panels`` keeps each panel's figures, the
+trial's own figures are their means) and the score takes the worst panel, so a choice that
+only one proxy likes loses. Knobs chosen on one metric fit that metric's taste: the previous
+objective (Gain + clean-input Gain under a Quality floor, on v1) chose a purifier that the
+pretrained-trunk stand-in v2 scored 1/3 against the baseline.
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ TUNING_IMAGES = (
     "sunhays_fountain_sun_atybswifcirkporj.jpg",
     "sunhays_skyscraper_sun_bmqtqkyurjjefkjj.jpg",
 )
+# The judge panel's photos (issue 32: a 12-photo table disagreed with a 24-photo one): the 12
+# above and 22 more, every 21st of the sorted clean/train listing from the 8th. Used by
+# ``tune.py --panel-images`` and the stop-30 re-tuning on v2, v1 and alt.
+PANEL_IMAGES = TUNING_IMAGES + (
+    "bsds_108036.jpg",
+    "bsds_120093.jpg",
+    "bsds_140088.jpg",
+    "bsds_153093.jpg",
+    "bsds_163014.png",
+    "bsds_181079.png",
+    "bsds_189029.jpg",
+    "bsds_207056.jpg",
+    "bsds_226060.jpg",
+    "bsds_242078.png",
+    "bsds_258089.jpg",
+    "bsds_286092.jpg",
+    "bsds_314016.jpg",
+    "bsds_35091.jpg",
+    "bsds_38082.jpg",
+    "bsds_55073.jpg",
+    "bsds_67079.jpg",
+    "bsds_80090.jpg",
+    "bsds_94095.jpg",
+    "sunhays_canyon_sun_aokgdiugvxssbqyl.jpg",
+    "sunhays_ice_shelf_sun_bxljaxganxwfqoru.jpg",
+    "sunhays_youth_hostel_sun_bggjirgsdnqewgwp.jpg",
+)
 # One attack per family: iterative sign gradient, adaptive momentum, MAD competition,
 # perceptual (Korhonen), SSIM-constrained, colour filter, semantic (SSAH).
 TUNING_ATTACKS = ("ifgsm", "amifgsm", "madc", "korhonen", "zhang-ssim", "adv-cf", "ssah")
@@ -85,15 +113,44 @@ KNOBS = tuple(f.name for f in dataclasses.fields(PurifierConfig))
 SKIP_MARGIN = 1.5
 """Configurations whose estimated time exceeds ``SKIP_MARGIN x budget`` are not run."""
 
-QUALITY_PENALTY = 100.0
-"""Gain-% added per unit of attacked-image Quality below the floor (one Quality point = 1 %)."""
+BASELINE = "resize"
+"""The competition's baseline, whose figures every trial is measured against."""
+
+TARGET_MARGINS = {"gain": 0.5, "quality": 0.03, "srcc": 0.05}
+"""Issue 32's margins over the baseline: Gain at most 0.5x the baseline's (a margin of half
+its Gain), Quality +0.03, SRCC +0.05. A normalised margin of 1 meets one."""
 
 OBJECTIVE = (
-    "minimise Gain(attacked) + Gain(clean) [%] subject to time per image <= budget x one "
-    "Linearity forward and Quality(attacked) >= undefended Quality(attacked); ties: higher "
-    "Quality, then faster; if no configuration reaches that Quality, minimise the objective "
-    f"+ {QUALITY_PENALTY:g} x (floor - Quality) within the budget (shortfall recorded)"
+    "maximise the smallest normalised margin over the baseline (resize x0.5, half-size "
+    "output) across Gain, Quality and SRCC and across every panel: (baseline Gain - Gain) / "
+    "(0.5 x baseline Gain), (Quality - baseline Quality) / 0.03, (SRCC - baseline SRCC) / 0.05; "
+    "subject to time per image <= budget x one Linearity forward; ties: higher mean margin, "
+    "then faster"
 )
+
+
+def baseline_margins(
+    measured: Mapping[str, float], baseline: Mapping[str, float]
+) -> dict[str, float]:
+    """Normalised margins of ``measured`` over ``baseline`` (both with ``gain``, ``quality``,
+    ``srcc``): positive = better than the baseline, 1 = ``TARGET_MARGINS`` met.
+    ``ValueError`` for a baseline Gain that is not positive (no relative margin exists)."""
+    if not baseline["gain"] > 0:
+        raise ValueError(f"the baseline's Gain must be > 0 for a relative margin, got {baseline}")
+    return {
+        "gain": (baseline["gain"] - measured["gain"]) / (TARGET_MARGINS["gain"] * baseline["gain"]),
+        "quality": (measured["quality"] - baseline["quality"]) / TARGET_MARGINS["quality"],
+        "srcc": (measured["srcc"] - baseline["srcc"]) / TARGET_MARGINS["srcc"],
+    }
+
+
+def competition_score(margins: Mapping[str, Mapping[str, float]]) -> float:
+    """The smallest margin of ``{panel: baseline_margins(...)}``; NaN when any is NaN (an
+    SRCC that could not be computed never wins) or there is none."""
+    values = [v for panel in margins.values() for v in panel.values()]
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    return min(values)
 
 
 # --- the tuning set -----------------------------------------------------------------------
@@ -228,9 +285,10 @@ def grid_candidates(
 class Trial:
     """Figures of one configuration on the tuning set (NaN where not run).
 
-    ``gain``/``quality``/``srcc``: attacked images, All Attacks; ``clean_*``: the clean
-    references through the purifier; ``time_ratio``: seconds per attacked image over one
-    Linearity forward. ``skipped``: not run because ``estimated_ratio`` was over budget.
+    ``gain``/``quality``/``srcc``: attacked images, All Attacks, mean over panels; ``clean_*``:
+    the clean references through the purifier; ``time_ratio``: seconds per attacked image over
+    one Linearity forward. ``skipped``: not run because ``estimated_ratio`` was over budget.
+    ``margins``: ``{panel: baseline_margins}``, empty until measured against a baseline.
     """
 
     config: PurifierConfig
@@ -243,14 +301,27 @@ class Trial:
     estimated_ratio: float | None = None
     skipped: bool = False
     panels: dict[str, dict[str, float]] = field(default_factory=dict)
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def objective(self) -> float:
-        return self.gain + self.clean_gain
+        """``competition_score(margins)``, higher is better; NaN before margins exist."""
+        return competition_score(self.margins)
+
+    @property
+    def mean_margin(self) -> float:
+        """The mean normalised margin (the tie-break), NaN without margins."""
+        values = [v for panel in self.margins.values() for v in panel.values()]
+        return sum(values) / len(values) if values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         figures = {k: v for k, v in dataclasses.asdict(self).items() if k != "config"}
-        return {"config": self.config.to_dict(), **figures, "objective": self.objective}
+        return {
+            "config": self.config.to_dict(),
+            **figures,
+            "objective": self.objective,
+            "mean_margin": self.mean_margin,
+        }
 
 
 def figures(run: DefenseRun) -> dict[str, float]:
@@ -274,9 +345,9 @@ def mean_figures(per_panel: Mapping[str, Mapping[str, float]]) -> dict[str, floa
     return {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}
 
 
-def choose(trials: Iterable[Trial], budget: float, min_quality: float) -> tuple[Trial, bool]:
-    """The best trial by ``OBJECTIVE`` (the Quality shortfall penalised by ``QUALITY_PENALTY``
-    when no trial reaches ``min_quality``) and whether it meets the Quality floor.
+def choose(trials: Iterable[Trial], budget: float) -> tuple[Trial, bool]:
+    """The best trial by ``OBJECTIVE`` and whether it beats the baseline on every metric under
+    every panel (score > 0).
 
     ``ValueError`` if no trial was measured within ``budget``.
     """
@@ -288,18 +359,13 @@ def choose(trials: Iterable[Trial], budget: float, min_quality: float) -> tuple[
             f"no configuration ran within the budget of {budget:g} Linearity forwards per "
             "image: raise --budget or search cheaper settings (fewer steps, no ensemble)"
         )
-    good = [t for t in within if t.quality >= min_quality]
-
-    def penalised(t: Trial) -> float:
-        return t.objective + QUALITY_PENALTY * max(0.0, min_quality - t.quality)
-
-    best = min(good or within, key=lambda t: (penalised(t), -t.quality, t.time_ratio))
-    return best, bool(good)
+    best = max(within, key=lambda t: (t.objective, t.mean_margin, -t.time_ratio))
+    return best, best.objective > 0
 
 
 def pareto_front(trials: Iterable[Trial]) -> list[Trial]:
     """Measured trials not dominated in (lower gain, higher quality), by increasing gain."""
-    measured = [t for t in trials if not t.skipped and math.isfinite(t.objective)]
+    measured = [t for t in trials if not t.skipped and math.isfinite(t.gain)]
     front = [
         t
         for t in measured
@@ -318,7 +384,9 @@ class Tuner:
     ``SKIP_MARGIN x budget`` (estimate: measured time per network call x calls).
 
     ``make_defense(config)`` builds the defense of one configuration (a seeded
-    ``defense.Defense`` in the CLI).
+    ``defense.Defense`` in the CLI). ``baseline`` holds the baseline's ``figures`` per panel,
+    keyed by ``panel_name`` (``panel_figures(BASELINE, ...)`` on the same panels): every trial's
+    margins are measured against it.
     """
 
     def __init__(
@@ -329,6 +397,7 @@ class Tuner:
         make_defense: Callable[[PurifierConfig], Any],
         *,
         budget: float,
+        baseline: Mapping[str, Mapping[str, float]],
         extra: Sequence[tuple[Sequence[Any], Callable[[torch.Tensor], torch.Tensor]]] = (),
         batch_size: int = 1,
         device: str | torch.device = "cpu",
@@ -337,6 +406,10 @@ class Tuner:
         if not budget > 0:
             raise ValueError(f"budget must be > 0 Linearity forwards, got {budget}")
         self.panels = [(list(pairs), metric), *((list(p), m) for p, m in extra)]
+        names = [panel_name(m, i) for i, (_, m) in enumerate(self.panels)]
+        if sorted(baseline) != sorted(names):
+            raise ValueError(f"baseline figures for panels {sorted(baseline)}, need {names}")
+        self.baseline = {name: dict(baseline[name]) for name in names}
         self.linearity = linearity
         self.make_defense = make_defense
         self.budget = budget
@@ -375,19 +448,24 @@ class Tuner:
                 config,
                 estimated_ratio=estimate,
                 panels=per_panel if len(per_panel) > 1 else {},
+                margins={
+                    name: baseline_margins(values, self.baseline[name])
+                    for name, values in per_panel.items()
+                },
                 **mean_figures(per_panel),
             )
             self.bar.set_postfix_str(
                 f"t*={config.t_star} steps={config.steps} gain={trial.gain:.2f} "
-                f"Q={trial.quality:.3f} time={trial.time_ratio:.2f}x"
+                f"Q={trial.quality:.3f} score={trial.objective:+.2f} "
+                f"time={trial.time_ratio:.2f}x"
             )
         self.trials[config] = trial
         self.bar.update(1)
         return trial
 
-    def best(self, min_quality: float) -> Trial | None:
+    def best(self) -> Trial | None:
         try:
-            return choose(self.trials.values(), self.budget, min_quality)[0]
+            return choose(self.trials.values(), self.budget)[0]
         except ValueError:
             return None
 
@@ -395,7 +473,6 @@ class Tuner:
         self,
         start: PurifierConfig,
         space: Mapping[str, Sequence[Any]],
-        min_quality: float,
         rounds: int = 2,
         max_trials: int | None = None,
     ) -> None:
@@ -416,7 +493,7 @@ class Tuner:
                         )
                     else:
                         self.trial(candidate)
-                best = self.best(min_quality)
+                best = self.best()
                 current = best.config if best is not None else current
             if current == before:
                 return

@@ -466,6 +466,19 @@ def test_train_script_helpers(tmp_path: Path) -> None:
     assert train_ddpm.learning_rate(args, 500, 1.0) == pytest.approx(5e-5)
     with pytest.raises(SystemExit):
         train_ddpm.parse_args(["--output", "x"])
+    # the training timesteps: the default and a band focused on the purifier's noise levels
+    assert "focus_max=400, focus_prob=0.8, power=1.5" in repr(train_ddpm.timestep_sampler(args))
+    focused = train_ddpm.parse_args(
+        ["--output", "x", "--max-steps", "1", "--focus-max", "160", "--focus-prob", "0.95"]
+        + ["--focus-power", "1"]
+    )
+    sampler = train_ddpm.timestep_sampler(focused)
+    assert repr(sampler).endswith("focus_max=160, focus_prob=0.95, power=1.0)")
+    draws = sampler.sample(4000, torch.Generator().manual_seed(0))
+    assert 0.93 < (draws < 160).float().mean().item() < 0.97
+    for bad in (["--focus-max", "0"], ["--focus-prob", "1.5"], ["--focus-power", "0"]):
+        with pytest.raises(SystemExit):
+            train_ddpm.parse_args(["--output", "x", "--max-steps", "1", *bad])
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     with pytest.raises(SystemExit, match="not empty"):

@@ -22,13 +22,16 @@ from common.paths import ROOT
 from evaluation import harness, tune_cli
 from evaluation.tuning import (
     DEFAULT_SPACE,
+    PANEL_IMAGES,
     TUNING_ATTACKS,
     TUNING_IMAGES,
     Trial,
     Tuner,
+    baseline_margins,
     build_tuning_set,
     check_not_public,
     choose,
+    competition_score,
     grid_candidates,
     hand_set_knobs,
     mean_figures,
@@ -111,28 +114,64 @@ def _trial(t_star: int, gain: float, quality: float, clean: float, ratio: float,
     )
 
 
-def test_choose_minimises_gain_plus_clean_gain_under_budget_and_quality_floor() -> None:
+BASE = {"gain": 10.0, "quality": 0.60, "srcc": 0.80}
+
+
+def _scored(t_star: int, ratio: float, *panels: tuple[float, float, float]) -> Trial:
+    """A trial whose panels measured (gain, quality, srcc), with margins over ``BASE``."""
+    keys = ("gain", "quality", "srcc")
+    figures = {f"{i}:m": dict(zip(keys, p, strict=True)) for i, p in enumerate(panels)}
+    return Trial(
+        PurifierConfig(t_star=t_star, steps=1),
+        gain=panels[0][0],
+        quality=panels[0][1],
+        srcc=panels[0][2],
+        time_ratio=ratio,
+        margins={name: baseline_margins(f, BASE) for name, f in figures.items()},
+    )
+
+
+def test_baseline_margins_are_normalised_by_the_targets() -> None:
+    # half the baseline's Gain, +0.03 Quality, +0.05 SRCC: every target met exactly
+    met = baseline_margins({"gain": 5.0, "quality": 0.63, "srcc": 0.85}, BASE)
+    assert met == pytest.approx({"gain": 1.0, "quality": 1.0, "srcc": 1.0})
+    tie = baseline_margins(BASE, BASE)
+    assert tie == {"gain": 0.0, "quality": 0.0, "srcc": 0.0}
+    worse = baseline_margins({"gain": 12.0, "quality": 0.57, "srcc": 0.70}, BASE)
+    assert worse == pytest.approx({"gain": -0.4, "quality": -1.0, "srcc": -2.0})
+    with pytest.raises(ValueError, match="Gain must be > 0"):
+        baseline_margins(BASE, {**BASE, "gain": 0.0})
+    assert competition_score({"0:a": met, "1:b": worse}) == pytest.approx(-2.0)
+    assert competition_score({"0:a": met}) == pytest.approx(1.0)
+    assert math.isnan(competition_score({}))
+    assert math.isnan(competition_score({"0:a": {**met, "srcc": math.nan}}))
+
+
+def test_choose_maximises_the_weakest_margin_under_the_budget() -> None:
     trials = [
-        _trial(10, gain=1.0, quality=0.90, clean=0.5, ratio=0.9),  # objective 1.5
-        _trial(20, gain=0.5, quality=0.90, clean=0.5, ratio=1.1),  # over budget
-        _trial(30, gain=0.2, quality=0.70, clean=0.1, ratio=0.5),  # below the quality floor
-        _trial(40, gain=1.2, quality=0.95, clean=0.3, ratio=0.3),  # tie at 1.5, higher quality
+        _scored(10, 0.9, (5.0, 0.63, 0.85)),  # every margin 1
+        _scored(20, 1.1, (1.0, 0.70, 0.95)),  # better everywhere, over budget
+        _scored(30, 0.5, (0.5, 0.80, 0.79)),  # wins Gain and Quality by far, loses SRCC
+        _scored(40, 0.3, (5.0, 0.63, 0.85), (9.0, 0.61, 0.81)),  # a second judge barely
         Trial(PurifierConfig(t_star=50, steps=1), skipped=True, estimated_ratio=9.0),
     ]
-    best, met = choose(trials, budget=1.0, min_quality=0.8)
-    assert best.config.t_star == 40 and met
-    # nobody reaches 0.99: objective + 100 x shortfall = 10.5 (t*=10), 29.3 (30), 5.5 (40)
-    best, met = choose(trials, budget=1.0, min_quality=0.99)
-    assert best.config.t_star == 40 and not met
-    sharp = _trial(60, gain=1.0, quality=0.80, clean=0.0, ratio=0.5)
-    smooth = _trial(70, gain=5.0, quality=0.90, clean=0.0, ratio=0.5)
-    smoother = _trial(80, gain=12.0, quality=0.90, clean=0.0, ratio=0.5)
-    assert choose([sharp, smooth], 1.0, 0.95)[0] is smooth  # 1 + 15 > 5 + 5
-    assert choose([sharp, smoother], 1.0, 0.95)[0] is sharp  # 1 + 15 < 12 + 5
+    best, wins = choose(trials, budget=1.0)
+    assert best.config.t_star == 10 and wins
+    assert trials[2].objective == pytest.approx(-0.2) and trials[3].objective == pytest.approx(0.2)
+    best, wins = choose(trials[2:], budget=1.0)
+    assert best.config.t_star == 40 and wins  # +0.2 under its weaker judge beats -0.2
+    assert choose(trials[2:3], budget=1.0) == (trials[2], False)
+    # ties on the weakest margin go to the higher mean margin, then the faster
+    slow, fast = _scored(60, 0.8, (5.0, 0.63, 0.85)), _scored(70, 0.2, (5.0, 0.63, 0.85))
+    sharper = _scored(80, 0.9, (5.0, 0.66, 0.85))
+    assert choose([slow, fast], 1.0)[0] is fast
+    assert choose([slow, fast, sharper], 1.0)[0] is sharper
     with pytest.raises(ValueError, match="no configuration ran within the budget of 0.1"):
-        choose(trials, budget=0.1, min_quality=0.0)
-    assert trials[0].objective == 1.5
-    assert math.isnan(trials[-1].objective)
+        choose(trials, budget=0.1)
+    assert math.isnan(trials[-1].objective) and math.isnan(_trial(1, 1, 1, 1, 1).objective)
+    record = trials[0].to_dict()
+    assert record["objective"] == pytest.approx(1.0) and record["mean_margin"] == pytest.approx(1)
+    assert record["margins"]["0:m"] == pytest.approx({"gain": 1, "quality": 1, "srcc": 1})
 
 
 def test_pareto_front() -> None:
@@ -146,6 +185,11 @@ def test_pareto_front() -> None:
 
 
 # --- budget ---------------------------------------------------------------------------------
+
+
+def _base(*names: str) -> dict[str, dict[str, float]]:
+    """Baseline figures for panels ``names`` (default one panel of ``ToyMetric``)."""
+    return {name: dict(BASE) for name in (names or ("0:toy",))}
 
 
 class SleepyDefense:
@@ -164,16 +208,16 @@ class SleepyDefense:
 def test_tuner_respects_the_budget_and_skips_configs_estimated_over_it(tmp_path: Path) -> None:
     pairs = harness.collect_pairs(write_tiny_dataset(tmp_path / "d"))
     linearity = {(32, 32): SleepyDefense.UNIT}  # so time ratio ~ steps
-    tuner = Tuner(pairs, ToyMetric(), linearity, SleepyDefense, budget=2.5, progress=False)
-    tuner.coordinate_search(
-        PurifierConfig(t_star=10, steps=1), {"steps": (1, 2, 3, 4)}, min_quality=0.0, rounds=1
+    tuner = Tuner(
+        pairs, ToyMetric(), linearity, SleepyDefense, budget=2.5, baseline=_base(), progress=False
     )
+    tuner.coordinate_search(PurifierConfig(t_star=10, steps=1), {"steps": (1, 2, 3, 4)}, rounds=1)
     by_steps = {c.steps: t for c, t in tuner.trials.items()}
     assert sorted(by_steps) == [1, 2, 3, 4]
     assert by_steps[4].skipped and by_steps[4].estimated_ratio > 3.75
     assert math.isnan(by_steps[4].gain)
     assert not by_steps[3].skipped and by_steps[3].time_ratio > 2.5
-    best = tuner.best(0.0)
+    best = tuner.best()
     assert best is not None and best.time_ratio <= 2.5 and best.config.steps in (1, 2)
     # Figures come from the harness: the defense darkens by t*/1000, Quality < 1.
     assert 0 < by_steps[1].quality < 1 and by_steps[1].gain > 0
@@ -185,10 +229,12 @@ def test_unrunnable_values_are_named_not_dropped_silently(
 ) -> None:
     pairs = harness.collect_pairs(write_tiny_dataset(tmp_path / "d"))
     linearity = {(32, 32): SleepyDefense.UNIT}
-    tuner = Tuner(pairs, ToyMetric(), linearity, SleepyDefense, budget=9, progress=False)
+    tuner = Tuner(
+        pairs, ToyMetric(), linearity, SleepyDefense, budget=9, baseline=_base(), progress=False
+    )
     start = PurifierConfig(t_star=10, steps=1)
     with caplog.at_level("WARNING"):
-        tuner.coordinate_search(start, {"steps": (1, 50)}, min_quality=0.0, rounds=1)
+        tuner.coordinate_search(start, {"steps": (1, 50)}, rounds=1)
     assert [c.steps for c in tuner.trials] == [1]  # steps 50 > t_star 10 + 1: not runnable
     assert "steps=50 is not runnable around" in caplog.text
     with pytest.raises(ValueError, match="no combination of the search space .* is runnable"):
@@ -211,12 +257,15 @@ def test_tuner_averages_the_figures_of_its_panels(tmp_path: Path) -> None:
     config = PurifierConfig(t_star=100, steps=1)
     alone = {}
     for metric in (ToyMetric(), BrightMetric()):
-        tuner = Tuner(pairs, metric, linearity, SleepyDefense, budget=9, progress=False)
+        base = {"0:" + metric.name: BASE}
+        tuner = Tuner(
+            pairs, metric, linearity, SleepyDefense, budget=9, baseline=base, progress=False
+        )
         alone[metric.name] = tuner.trial(config)
         assert alone[metric.name].panels == {}  # one panel: nothing extra recorded
     both = Tuner(
         pairs, ToyMetric(), linearity, SleepyDefense, budget=9, extra=[(pairs, BrightMetric())],
-        progress=False,
+        baseline=_base("0:toy", "1:bright"), progress=False,
     ).trial(config)  # fmt: skip
     assert list(both.panels) == ["0:toy", "1:bright"]
     for key in ("gain", "quality", "clean_gain"):
@@ -225,7 +274,17 @@ def test_tuner_averages_the_figures_of_its_panels(tmp_path: Path) -> None:
         assert both.panels["1:bright"][key] == pytest.approx(getattr(alone["bright"], key))
     # darkening by 10 % lowers the brightness score by exactly 10 % on every image
     assert alone["bright"].clean_gain == pytest.approx(10.0)
-    assert both.objective == pytest.approx(both.gain + both.clean_gain)
+    # each panel is measured against its own baseline; the score is the worst margin of all
+    assert both.margins == {
+        "0:toy": baseline_margins(both.panels["0:toy"], BASE),
+        "1:bright": baseline_margins(both.panels["1:bright"], BASE),
+    }
+    assert both.objective == min(v for m in both.margins.values() for v in m.values())
+    with pytest.raises(ValueError, match=r"baseline figures for panels \['0:toy'\], need"):
+        Tuner(
+            pairs, ToyMetric(), linearity, SleepyDefense, budget=9, baseline=_base(),
+            extra=[(pairs, BrightMetric())], progress=False,
+        )  # fmt: skip
 
 
 def test_mean_figures() -> None:
@@ -239,7 +298,7 @@ def test_mean_figures() -> None:
 
 def test_tuner_rejects_a_bad_budget(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="budget must be > 0"):
-        Tuner([], ToyMetric(), {}, SleepyDefense, budget=0, progress=False)
+        Tuner([], ToyMetric(), {}, SleepyDefense, budget=0, baseline=_base(), progress=False)
 
 
 # --- tuning set -----------------------------------------------------------------------------
@@ -277,6 +336,11 @@ def test_build_tuning_set_from_chosen_images(tmp_path: Path) -> None:
 def test_default_tuning_images_are_train_photos() -> None:
     assert len(TUNING_IMAGES) == 12 == len(set(TUNING_IMAGES))
     assert all(n.startswith(("bsds_", "sunhays_")) for n in TUNING_IMAGES)
+    assert PANEL_IMAGES[:12] == TUNING_IMAGES and len(PANEL_IMAGES) == 34 == len(set(PANEL_IMAGES))
+    assert all(n.startswith(("bsds_", "sunhays_")) for n in PANEL_IMAGES)
+    parser = tune_cli.build_parser()
+    assert parser.parse_args(["--panel-images"]).images.split(",") == list(PANEL_IMAGES)
+    assert parser.parse_args([]).images.split(",") == list(TUNING_IMAGES)
     assert set(TUNING_ATTACKS) <= set(ATTACK_REGISTRY) and "uap" not in TUNING_ATTACKS
 
 
@@ -328,15 +392,16 @@ def test_cli_writes_a_valid_defaults_file(cli_env: dict) -> None:
     assert record["tuning_set"]["attacks"] == list(ATTACKS)
     assert record["tuning_set"]["references"] == list(NAMES)
     assert set(record["baselines"]) == {"none", "resize", "jpeg", "blur", "median"}
-    assert record["quality_floor"] == record["baselines"]["none"]["quality"]
+    assert record["baseline"] == "resize" and record["target_margins"]["quality"] == 0.03
     assert record["command"].startswith("python scripts/tune.py --tuning-dir")
     trials = json.loads((tmp / "run" / "trials.json").read_text())
     assert record["search"]["method"] == "coordinate"
     assert record["search"]["trials_run"] == len(trials) in (3, 4)  # path-dependent
-    good = [t for t in trials if t["quality"] >= record["quality_floor"]]
-    best = min(good or trials, key=lambda t: (t["objective"], -t["quality"], t["time_ratio"]))
+    best = max(trials, key=lambda t: (t["objective"], t["mean_margin"], -t["time_ratio"]))
     assert best["config"] == chosen.to_dict()
-    assert record["quality_floor_met"] == bool(good)
+    resize = record["baselines"]["resize"]
+    assert best["margins"]["0:toy"] == pytest.approx(baseline_margins(best, resize))
+    assert record["beats_baseline_everywhere"] == (best["objective"] > 0)
 
 
 def test_cli_also_scores_a_second_panel(cli_env: dict) -> None:

@@ -138,6 +138,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--focus-max",
+        type=int,
+        default=400,
+        help="timesteps below this get --focus-prob of the draws (the purifier's band)",
+    )
+    parser.add_argument("--focus-prob", type=float, default=0.8, help="share of focused draws")
+    parser.add_argument(
+        "--focus-power", type=float, default=1.5, help="> 1 puts more focused draws on small t"
+    )
     for name, default in NETWORK_SHAPE.items():
         flag = "--" + name.replace("_", "-")
         nargs = "+" if isinstance(default, list) else None
@@ -156,7 +166,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch_size", "crop", "val_every", "checkpoint_every", "log_every", "holdout"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        timestep_sampler(args)
+    except ValueError as err:
+        parser.error(f"--focus-*: {err}")
     return args
+
+
+def timestep_sampler(args: argparse.Namespace) -> TimestepSampler:
+    """The training timestep distribution the ``--focus-*`` options describe."""
+    steps = training_scheduler().config.num_train_timesteps
+    return TimestepSampler(steps, args.focus_max, args.focus_prob, args.focus_power)
 
 
 def holdout_split(paths: list[Path], count: int) -> tuple[list[Path], list[Path]]:
@@ -246,7 +266,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     model, optimizer = run.prepare(model, optimizer, ema, generator)
 
     scheduler = training_scheduler()
-    sampler = TimestepSampler(scheduler.config.num_train_timesteps)
+    sampler = timestep_sampler(args)
     logger.info(
         "%s, batch %d x %dpx, %s", sampler, args.batch_size, args.crop, args.mixed_precision
     )
@@ -309,4 +329,3 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
     last_validation = validate(run.ema_model(), val_images, args.seed)
     logger.info("final validation (EMA, one-shot) at step %d: %s", run.step, last_validation)
     return run.finish(training_info, args.version, last_validation)
-
