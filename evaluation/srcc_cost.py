@@ -132,14 +132,18 @@ def markdown(benchmark: Mapping[str, Any], defenses: Sequence[str] | None = None
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("benchmark", type=Path, help="a benchmark.py run's benchmark.json")
     parser.add_argument("--defenses", default=None, help="comma-separated (default: all)")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         benchmark = json.loads(args.benchmark.read_text())
         chosen = [d for d in args.defenses.split(",") if d] if args.defenses else None
