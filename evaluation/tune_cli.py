@@ -21,7 +21,8 @@ panel, so a choice must not lose to the baseline under any judge.
 
 Writes the chosen knobs to ``--output`` (default ``purifier/defaults.json``, the flat object
 ``purifier.config`` reads), the tuning record (set, objective, figures, baselines, command)
-beside it as ``defaults.provenance.json``, every trial to ``OUTPUT_DIR/trials.json`` and a
+beside it as ``defaults.provenance.json``, every trial to ``OUTPUT_DIR/trials.json`` (rewritten
+after each trial, so a stopped search keeps what it measured) and a
 Pareto plot (gain vs quality, coloured by time ratio) to ``OUTPUT_DIR/pareto.png``.
 ``--dry-run`` prints the choice and writes no defaults. A defaults file whose record holds
 knobs set by hand (``manual_override``, e.g. the shipped one) is replaced only with
@@ -49,7 +50,6 @@ from defenses.specs import build_defense
 from evaluation import harness
 from evaluation.benchmarking import (
     image_hw,
-    json_ready,
     linearity_seconds,
     machine_info,
     select_pairs,
@@ -248,6 +248,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
         batch_size=args.batch_size,
         device=device,
         progress=not args.no_progress,
+        record=args.output_dir / "trials.json",
     )
     try:
         if args.search == "grid":
@@ -257,10 +258,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
     finally:
         tuner.close()
     trials = list(tuner.trials.values())
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "trials.json").write_text(
-        json.dumps(json_ready([t.to_dict() for t in trials]), indent=1) + "\n"
-    )
+    tuner.write_record(args.output_dir / "trials.json")
     best, beats_baseline = choose(trials, args.budget)
     if not args.no_plot:
         from evaluation.comparison_plots import draw_pareto

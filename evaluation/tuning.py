@@ -402,6 +402,7 @@ class Tuner:
         batch_size: int = 1,
         device: str | torch.device = "cpu",
         progress: bool = True,
+        record: str | Path | None = None,
     ) -> None:
         if not budget > 0:
             raise ValueError(f"budget must be > 0 Linearity forwards, got {budget}")
@@ -417,6 +418,7 @@ class Tuner:
         self.device = device
         self.trials: dict[PurifierConfig, Trial] = {}
         self.bar = tqdm(desc="trials", unit="config", disable=not progress)
+        self.record = None if record is None else Path(record)
 
     def estimate(self, config: PurifierConfig) -> float | None:
         """Estimated time ratio of ``config`` from the trials run so far (None before any)."""
@@ -460,8 +462,16 @@ class Tuner:
                 f"time={trial.time_ratio:.2f}x"
             )
         self.trials[config] = trial
+        if self.record is not None:  # after every trial, so a stopped search keeps its figures
+            self.write_record(self.record)
         self.bar.update(1)
         return trial
+
+    def write_record(self, path: str | Path) -> Path:
+        """Every trial so far (``Trial.to_dict``) as a JSON list at ``path``, written atomically."""
+        text = json.dumps(json_ready([t.to_dict() for t in self.trials.values()]), indent=1)
+        write_text_atomic(text + "\n", path)
+        return Path(path)
 
     def best(self) -> Trial | None:
         try:

@@ -208,10 +208,20 @@ class SleepyDefense:
 def test_tuner_respects_the_budget_and_skips_configs_estimated_over_it(tmp_path: Path) -> None:
     pairs = harness.collect_pairs(write_tiny_dataset(tmp_path / "d"))
     linearity = {(32, 32): SleepyDefense.UNIT}  # so time ratio ~ steps
+    record = tmp_path / "run" / "trials.json"
     tuner = Tuner(
-        pairs, ToyMetric(), linearity, SleepyDefense, budget=2.5, baseline=_base(), progress=False
-    )
+        pairs, ToyMetric(), linearity, SleepyDefense, budget=2.5, baseline=_base(),
+        progress=False, record=record,
+    )  # fmt: skip
+    tuner.trial(PurifierConfig(t_star=10, steps=1))
+    # written after every trial, so a search stopped halfway keeps what it measured
+    assert [t["config"]["steps"] for t in json.loads(record.read_text())] == [1]
     tuner.coordinate_search(PurifierConfig(t_star=10, steps=1), {"steps": (1, 2, 3, 4)}, rounds=1)
+    written = json.loads(record.read_text())
+    assert [t["config"]["steps"] for t in written] == [1, 2, 3, 4]
+    assert written[3]["skipped"] and written[0]["margins"]["0:toy"]["gain"] == pytest.approx(
+        (BASE["gain"] - written[0]["gain"]) / (0.5 * BASE["gain"])
+    )
     by_steps = {c.steps: t for c, t in tuner.trials.items()}
     assert sorted(by_steps) == [1, 2, 3, 4]
     assert by_steps[4].skipped and by_steps[4].estimated_ratio > 3.75
