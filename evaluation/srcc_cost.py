@@ -31,16 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
+
+from evaluation.harness import srcc
 
 COLUMNS = ("attack", "images", "srcc", "clean srcc", "residual %", "sd %", "rho(uplift)")
-
-
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rho, NaN for fewer than 3 values or a constant input."""
-    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
-        return math.nan
-    return float(spearmanr(a, b)[0])
 
 
 def srcc_cost_rows(defense: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -70,11 +64,11 @@ def srcc_cost_rows(defense: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "attack": attack,
                 "images": len(records),
-                "srcc": _spearman(source, [r["defense_score"] for r in records]),
-                "clean srcc": _spearman(source, defended_clean),
+                "srcc": srcc(source, [r["defense_score"] for r in records]),
+                "clean srcc": srcc(source, defended_clean),
                 "residual %": float(np.mean(residual)),
                 "sd %": float(np.std(residual)),
-                "rho(uplift)": _spearman(residual, uplift),
+                "rho(uplift)": srcc(residual, uplift),
             }
         )
     rows.append(

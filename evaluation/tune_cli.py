@@ -257,8 +257,7 @@ def tune(args: argparse.Namespace, argv: Sequence[str] | None) -> dict:
             tuner.coordinate_search(start, space, args.rounds, args.max_trials)
     finally:
         tuner.close()
-    trials = list(tuner.trials.values())
-    tuner.write_record(args.output_dir / "trials.json")
+    trials = list(tuner.trials.values())  # trials.json: rewritten by the tuner after each
     best, beats_baseline = choose(trials, args.budget)
     if not args.no_plot:
         from evaluation.comparison_plots import draw_pareto

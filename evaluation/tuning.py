@@ -144,10 +144,15 @@ def baseline_margins(
     }
 
 
+def margin_values(margins: Mapping[str, Mapping[str, float]]) -> list[float]:
+    """Every margin of ``{panel: baseline_margins(...)}``, panel by panel."""
+    return [v for panel in margins.values() for v in panel.values()]
+
+
 def competition_score(margins: Mapping[str, Mapping[str, float]]) -> float:
     """The smallest margin of ``{panel: baseline_margins(...)}``; NaN when any is NaN (an
     SRCC that could not be computed never wins) or there is none."""
-    values = [v for panel in margins.values() for v in panel.values()]
+    values = margin_values(margins)
     if not values or any(math.isnan(v) for v in values):
         return math.nan
     return min(values)
@@ -311,7 +316,7 @@ class Trial:
     @property
     def mean_margin(self) -> float:
         """The mean normalised margin (the tie-break), NaN without margins."""
-        values = [v for panel in self.margins.values() for v in panel.values()]
+        values = margin_values(self.margins)
         return sum(values) / len(values) if values else math.nan
 
     def to_dict(self) -> dict[str, Any]:
