@@ -427,7 +427,13 @@ def test_train_script_end_to_end(tmp_path: Path) -> None:
     resumed = tmp_path / "weights" / "tiny2"
     argv2 = ["--train-dir", str(train_dir), "--output", str(resumed), "--run-dir", str(run_dir)]
     assert train_ddpm.main(argv2 + TINY_ARGS + ["--resume", "latest", "--max-steps", "4"]) == 0
-    assert json.loads((resumed / "manifest.json").read_text())["training"]["steps"] == 4
+    resumed_training = json.loads((resumed / "manifest.json").read_text())["training"]
+    assert resumed_training["steps"] == 4
+    # every session of the run is in the manifest: its command and the step it started at
+    sessions = resumed_training["sessions"]
+    assert [s["start_step"] for s in sessions] == [0, 3]
+    assert "--resume" not in sessions[0]["command"] and "--resume" in sessions[1]["command"]
+    assert sessions[1]["command"] == resumed_training["command"]
     # a checkpoint of another network shape is named, not an error from inside accelerate
     other = argv2[:3] + [str(tmp_path / "weights" / "tiny3")] + argv2[4:]
     wider = TINY_ARGS[:-4] + ["16", "32"] + TINY_ARGS[-2:]
@@ -730,3 +736,24 @@ def test_denoise_one_shot_clamps_when_the_schedule_does_not_clip() -> None:
     shift = 5.0 * timestep_to_sigma(sigma_to_timestep(sigma))  # 10 sigma_t in [-1, 1] units
     assert (x + shift).max() > 1  # the clamp has work to do
     torch.testing.assert_close(out, (x + shift).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_training_progress_sessions_survive_a_checkpoint_and_old_ones_load() -> None:
+    from training.denoiser_run import TrainingProgress
+
+    progress = TrainingProgress(torch.Generator().manual_seed(0))
+    progress.start_session("train --max-minutes 10")
+    progress.step, progress.seconds = 7, 12.34
+    restored = TrainingProgress(torch.Generator())
+    restored.load_state_dict(progress.state_dict())
+    restored.start_session("train --resume latest")
+    assert restored.step == 7 and restored.seconds == 12.34
+    assert restored.sessions == [
+        {"command": "train --max-minutes 10", "start_step": 0, "start_seconds": 0.0},
+        {"command": "train --resume latest", "start_step": 7, "start_seconds": 12.3},
+    ]
+    assert progress.sessions == restored.sessions[:1]  # the saved state is a copy
+    older = {k: v for k, v in progress.state_dict().items() if k != "sessions"}
+    legacy = TrainingProgress(torch.Generator())
+    legacy.load_state_dict(older)  # a checkpoint written before sessions were recorded
+    assert legacy.sessions == [] and legacy.step == 7

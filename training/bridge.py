@@ -513,6 +513,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 "steps": run.step,
                 "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
+                "sessions": run.progress.sessions,
                 "options": {
                     k: json_ready(v)
                     for k, v in vars(args).items()

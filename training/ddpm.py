@@ -281,6 +281,7 @@ def train(args: argparse.Namespace, command: str, stop_signal: list[int]) -> int
                 "steps": run.step,
                 "wall_time_seconds": round(run.progress.seconds, 1),
                 "command": command,
+                "sessions": run.progress.sessions,
                 "init": str(args.init) if args.init else None,
                 "batch_size": args.batch_size,
                 "crop": args.crop,

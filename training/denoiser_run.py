@@ -38,20 +38,35 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class TrainingProgress:
-    """Step count, training seconds and the data RNG state, checkpointed with the model."""
+    """Step count, training seconds, the data RNG state and the sessions so far (each one's
+    command and first step: a run resumed over several sessions records every command it
+    ran under), checkpointed with the model."""
 
     def __init__(self, generator: torch.Generator) -> None:
         self.step = 0
         self.seconds = 0.0
         self.generator = generator
+        self.sessions: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seconds": self.seconds, "rng": self.generator.get_state()}
+        return {
+            "step": self.step,
+            "seconds": self.seconds,
+            "rng": self.generator.get_state(),
+            "sessions": list(self.sessions),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.seconds = float(state["seconds"])
         self.generator.set_state(state["rng"])
+        self.sessions = list(state.get("sessions", []))  # absent in older checkpoints
+
+    def start_session(self, command: str) -> None:
+        """Record that ``command`` trains on from the current step."""
+        self.sessions.append(
+            {"command": command, "start_step": self.step, "start_seconds": round(self.seconds, 1)}
+        )
 
 
 def check_output_free(output: Path, run_dir: Path | None = None) -> None:
@@ -170,6 +185,7 @@ class DenoiserRun:
     ) -> None:
         self.started = time.monotonic()
         self.args, self.stop_signal, self.logger = args, stop_signal, logger
+        self.command = command
         if args.threads:
             torch.set_num_threads(args.threads)
         self.output = args.output if args.output.is_absolute() else Path.cwd() / args.output
@@ -234,6 +250,7 @@ class DenoiserRun:
                 ) from None
             ema.to(self.accelerator.device)  # load_state restores it where it was saved
             self.logger.info("resumed from %s at step %d", checkpoint, self.progress.step)
+        self.progress.start_session(self.command)
         self._seconds_before = self.progress.seconds
         self._session_start = time.monotonic()
         return model, optimizer
