@@ -522,8 +522,12 @@ def test_an_unreadable_record_is_refused_not_taken_for_no_hand_set_knobs(
     assert hand_set_knobs(tmp_path / "defaults.json") is None
 
 
-def test_the_shipped_defaults_are_guarded() -> None:
-    assert hand_set_knobs(DEFAULTS_FILE) is not None
+def test_the_shipped_defaults_are_the_tuners_recorded_choice() -> None:
+    """Since stop 35 the shipped knobs are the tuner's pick, none set by hand: the defaults
+    file equals the choice its record holds."""
+    assert hand_set_knobs(DEFAULTS_FILE) is None
+    record = json.loads(DEFAULTS_FILE.with_name("defaults.provenance.json").read_text())
+    assert json.loads(DEFAULTS_FILE.read_text()) == record["defaults"]
 
 
 def test_script_runs_as_a_file() -> None:
